@@ -1,0 +1,227 @@
+"""Command-line options: each ``--vibeserve-<noun>``, validated, with its default in its help."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from pytest_vibeserve.scenario import SCALES
+
+
+def _engine_dir(value: str) -> Path:
+    path = Path(value).expanduser()
+    if not path.is_dir():
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not a directory; pass an engine directory holding engine.py"
+        )
+    if not (path / "engine.py").is_file():
+        raise argparse.ArgumentTypeError(
+            f"{value!r} has no engine.py; an engine directory defines create_engine(spec) there"
+        )
+    return path.resolve()
+
+
+def _device(value: str) -> str:
+    if not re.fullmatch(r"cpu|mps|cuda(:\d+)?", value):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a device; use cpu, cuda, cuda:N or mps")
+    return value
+
+
+def _positive_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{value!r} must be >= 1")
+    return number
+
+
+def _seed(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not an integer seed") from None
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"seed {value!r} must be >= 0")
+    return number
+
+
+def _positive_float(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
+    if number <= 0:
+        raise argparse.ArgumentTypeError(f"{value!r} must be > 0")
+    return number
+
+
+def _report_path(value: str) -> Path:
+    path = Path(value).expanduser()
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{value!r} is a directory; name a .json file")
+    if not path.parent.resolve().is_dir():
+        raise argparse.ArgumentTypeError(f"the folder of {value!r} does not exist; create it first")
+    return path.resolve()
+
+
+def _model_path(value: str) -> Path:
+    path = Path(value).expanduser()
+    if not (path / "config.json").is_file():
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not a transformers model directory (no config.json)"
+        )
+    return path.resolve()
+
+
+def _peers(value: str) -> tuple[str, ...] | None:
+    if value == "scenario":
+        return None
+    if value == "none":
+        return ()
+    names = tuple(name.strip() for name in value.split(",") if name.strip())
+    if not names:
+        raise argparse.ArgumentTypeError("name peers separated by commas, or 'none'/'scenario'")
+    return names
+
+
+def default_cache_dir() -> Path:
+    if env := os.environ.get("VIBESERVE_CACHE"):
+        return Path(env).expanduser()
+    return Path.home() / ".cache" / "vibeserve"
+
+
+def add_options(parser: pytest.Parser) -> None:
+    group = parser.getgroup("vibeserve", "vibeserve: check and measure LLM serving engines")
+    add = group.addoption
+    add(
+        "--vibeserve-engine",
+        metavar="PATH",
+        type=_engine_dir,
+        default=None,
+        help="engine directory (engine.py with create_engine) under test. "
+        "Default: the scenario's starter/.",
+    )
+    add(
+        "--vibeserve-scale",
+        metavar="SCALE",
+        choices=SCALES,
+        default="cpu",
+        help=f"model scale, one of {', '.join(SCALES)}. Default: cpu.",
+    )
+    add(
+        "--vibeserve-device",
+        metavar="DEVICE",
+        type=_device,
+        default=None,
+        help="torch device for engines and reference. Default: the scale's device.",
+    )
+    add(
+        "--vibeserve-seed",
+        metavar="N",
+        type=_seed,
+        default=0,
+        help="workload seed (a different seed draws held-out inputs). Default: 0.",
+    )
+    add(
+        "--vibeserve-report",
+        metavar="PATH",
+        type=_report_path,
+        default=None,
+        help="write the machine-readable JSON report here. Default: no report.",
+    )
+    add(
+        "--vibeserve-model",
+        metavar="PATH",
+        type=_model_path,
+        default=None,
+        help="a real checkpoint directory (required at the gpu scale). Default: the scale's model.",
+    )
+    add(
+        "--vibeserve-threads",
+        metavar="N",
+        type=_positive_int,
+        default=None,
+        help="torch threads pinned for every engine and the reference. Default: the scale's.",
+    )
+    add(
+        "--vibeserve-repeats",
+        metavar="N",
+        type=_positive_int,
+        default=None,
+        help="alternating candidate/baseline repeats (>= 2). Default: the scenario's.",
+    )
+    add(
+        "--vibeserve-peers",
+        metavar="NAMES",
+        type=_peers,
+        default=None,
+        help="peer engines to measure beside the baseline: comma list, 'none' or 'scenario'. "
+        "Default: the scenario's list.",
+    )
+    add(
+        "--vibeserve-step-timeout",
+        metavar="SECONDS",
+        type=_positive_float,
+        default=120.0,
+        help="fail an engine silent this long with requests in flight. Default: 120.",
+    )
+    add(
+        "--vibeserve-memory",
+        metavar="GIB",
+        type=_positive_float,
+        default=16.0,
+        help="fail an engine whose resident memory exceeds this. Default: 16.",
+    )
+    add(
+        "--vibeserve-cache",
+        metavar="DIR",
+        type=Path,
+        default=None,
+        help="models and reference outputs. Default: $VIBESERVE_CACHE or ~/.cache/vibeserve.",
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    engine: Path | None
+    scale: str
+    device: str | None
+    seed: int
+    report: Path | None
+    model: Path | None
+    threads: int | None
+    repeats: int | None
+    peers: tuple[str, ...] | None
+    step_timeout_s: float
+    memory_gib: float
+    cache_dir: Path
+
+    @classmethod
+    def from_config(cls, config: pytest.Config) -> Options:
+        get = config.getoption
+        repeats = get("vibeserve_repeats")
+        if repeats is not None and repeats < 2:
+            raise pytest.UsageError(
+                "--vibeserve-repeats must be >= 2: the noise band needs at least two repeats"
+            )
+        return cls(
+            engine=get("vibeserve_engine"),
+            scale=get("vibeserve_scale"),
+            device=get("vibeserve_device"),
+            seed=get("vibeserve_seed"),
+            report=get("vibeserve_report"),
+            model=get("vibeserve_model"),
+            threads=get("vibeserve_threads"),
+            repeats=repeats,
+            peers=get("vibeserve_peers"),
+            step_timeout_s=get("vibeserve_step_timeout"),
+            memory_gib=get("vibeserve_memory"),
+            cache_dir=(get("vibeserve_cache") or default_cache_dir()).expanduser().resolve(),
+        )

@@ -1,0 +1,222 @@
+"""pytest glue: options, markers, fixtures and hooks. State lives in ``VibeSession``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pytest_vibeserve.options import Options, add_options
+from pytest_vibeserve.report import (
+    build_report,
+    format_table,
+    git_commit,
+    package_version,
+    write_report,
+)
+from pytest_vibeserve.session import (
+    BASELINE,
+    CANDIDATE,
+    ScenarioContext,
+    TestOutcome,
+    VibeSession,
+)
+
+session_key = pytest.StashKey[VibeSession]()
+# marker name -> (what it marks, the keyword arguments it accepts)
+MARKERS: dict[str, tuple[str, frozenset[str]]] = {
+    "vibeserve_correctness": (
+        "a correctness check of the engine against the reference; counts toward "
+        "correctness.passed. Keyword: checker=<tokens|logprobs|image|json_schema|words|integrity>",
+        frozenset({"checker"}),
+    ),
+    "vibeserve_performance": (
+        "a performance gate of the engine against the baseline, measured in the same run. "
+        "Keyword: metric=<headline metric name>",
+        frozenset({"metric"}),
+    ),
+}
+CHECKERS = frozenset({"tokens", "logprobs", "image", "json_schema", "words", "integrity"})
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    add_options(parser)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for name, (doc, _) in MARKERS.items():
+        config.addinivalue_line("markers", f"{name}: {doc}")
+    config.stash[session_key] = VibeSession(Options.from_config(config))
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    options = config.stash[session_key].options
+    device = options.device or "scale default"
+    threads = options.threads or "scale default"
+    return (
+        f"vibeserve: scale={options.scale} seed={options.seed} device={device} "
+        f"threads={threads} torch={package_version('torch')} "
+        f"commit={git_commit(config.rootpath)} cache={options.cache_dir}"
+    )
+
+
+def _marker_kind(item: pytest.Item) -> str | None:
+    if item.get_closest_marker("vibeserve_correctness"):
+        return "correctness"
+    if item.get_closest_marker("vibeserve_performance"):
+        return "performance"
+    return None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        for name, (_, allowed) in MARKERS.items():
+            for marker in item.iter_markers(name):
+                if marker.args:
+                    raise pytest.UsageError(
+                        f"{item.nodeid}: @pytest.mark.{name} takes keyword arguments only "
+                        f"({', '.join(sorted(allowed))}), got positional {marker.args!r}"
+                    )
+                unknown = set(marker.kwargs) - allowed
+                if unknown:
+                    raise pytest.UsageError(
+                        f"{item.nodeid}: @pytest.mark.{name} got unknown keyword(s) "
+                        f"{sorted(unknown)}; allowed: {', '.join(sorted(allowed))}"
+                    )
+                checker = marker.kwargs.get("checker")
+                if checker is not None and checker not in CHECKERS:
+                    raise pytest.UsageError(
+                        f"{item.nodeid}: checker={checker!r} is unknown; use one of "
+                        f"{', '.join(sorted(CHECKERS))}"
+                    )
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[Any]:
+    report = yield
+    kind = _marker_kind(item)
+    if kind is None:
+        return report
+    session = item.config.stash[session_key]
+    if report.when == "call" or report.outcome != "passed":
+        outcome = report.outcome
+        if report.when != "call" and report.failed:
+            outcome = "error"
+        message = ""
+        if report.failed:
+            message = str(getattr(call.excinfo, "value", "") or report.longreprtext)[-4000:]
+        elif report.skipped and isinstance(report.longrepr, tuple):
+            message = report.longrepr[2]
+        previous = session.outcomes.get(item.nodeid)
+        if previous is None or previous.outcome == "passed":
+            session.outcomes[item.nodeid] = TestOutcome(item.nodeid, kind, outcome, message)
+    return report
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    session = config.stash[session_key]
+    if not session.performance and not session.checks:
+        return
+    terminalreporter.section("vibeserve")
+    for _, result in session.checks:
+        terminalreporter.write_line(f"{'PASS' if result.passed else 'FAIL'} {result.summary}")
+    for record in session.performance:
+        for line in format_table(record):
+            terminalreporter.write_line(line)
+        for message in record.gate_failures:
+            terminalreporter.write_line(f"GATE FAILED: {message}")
+    if session.options.report is not None:
+        terminalreporter.write_line(f"report: {session.options.report}")
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    vibe = session.config.stash[session_key]
+    if vibe.options.report is not None and vibe.contexts:
+        write_report(build_report(vibe, session.config.rootpath), vibe.options.report)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if session_key in config.stash:
+        config.stash[session_key].close()
+
+
+# -- fixtures --------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def vibeserve_session(pytestconfig: pytest.Config) -> VibeSession:
+    """The session object: options, scenario contexts and everything bound for the report."""
+    return pytestconfig.stash[session_key]
+
+
+@pytest.fixture(scope="module")
+def vibeserve_context(request: pytest.FixtureRequest) -> ScenarioContext:
+    """The scenario this test module belongs to, at the session's scale."""
+    return request.config.stash[session_key].context_for(Path(request.path))
+
+
+@pytest.fixture(scope="module")
+def vibeserve_scenario(vibeserve_context: ScenarioContext):
+    """The parsed scenario.toml."""
+    return vibeserve_context.scenario
+
+
+@pytest.fixture(scope="module")
+def vibeserve_reference(vibeserve_context: ScenarioContext):
+    """The reference model (materialised once) and its cached greedy outputs."""
+    return vibeserve_context.reference
+
+
+@pytest.fixture(scope="module")
+def vibeserve_tokenizer(vibeserve_context: ScenarioContext):
+    """The reference model's tokenizer (transformers)."""
+    return vibeserve_context.memo("tokenizer", vibeserve_context.load_tokenizer)
+
+
+@pytest.fixture(scope="module")
+def vibeserve_workload(vibeserve_context: ScenarioContext):
+    """The scenario's workload; every scenario's conftest.py must override this fixture."""
+    raise pytest.UsageError(
+        f"scenario {vibeserve_context.scenario.name!r} defines no vibeserve_workload fixture: "
+        f"add one to {vibeserve_context.scenario.root / 'conftest.py'}"
+    )
+
+
+@pytest.fixture(scope="module")
+def vibeserve_engine(vibeserve_context: ScenarioContext):
+    """The engine under test (--vibeserve-engine, default the scenario's starter), started once."""
+    return vibeserve_context.engine(CANDIDATE)
+
+
+@pytest.fixture(scope="module")
+def vibeserve_baseline(vibeserve_context: ScenarioContext):
+    """The scenario's baseline engine, started once."""
+    return vibeserve_context.engine(BASELINE)
+
+
+@pytest.fixture
+def vibeserve_run(vibeserve_context: ScenarioContext) -> Callable[..., Any]:
+    """``vibeserve_run(workload, role="candidate", cached=True)`` -> RunResult."""
+
+    def run(workload, role: str = CANDIDATE, *, cached: bool = True):
+        return vibeserve_context.run(role, workload, cached=cached)
+
+    return run
+
+
+@pytest.fixture
+def vibeserve_checks(request: pytest.FixtureRequest, vibeserve_context: ScenarioContext):
+    """Checkers that record their results in the report and fail the test with their message."""
+    from pytest_vibeserve.recorders import Checks
+
+    session = request.config.stash[session_key]
+    return Checks(session, vibeserve_context, request.node.nodeid)
+
+
+@pytest.fixture
+def vibeserve_perf(request: pytest.FixtureRequest, vibeserve_context: ScenarioContext):
+    """Same-run A/B measurement of candidate vs baseline (and peers), and the scenario's gates."""
+    from pytest_vibeserve.recorders import Perf
+
+    session = request.config.stash[session_key]
+    return Perf(session, vibeserve_context, request.node.nodeid)

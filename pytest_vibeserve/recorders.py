@@ -1,0 +1,171 @@
+"""The objects behind the ``vibeserve_checks`` and ``vibeserve_perf`` fixtures.
+
+Both record what they find into the session (for the JSON report) and fail the test with the
+checker's or gate's own message, so a terminal and a report tell the same story.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import pytest
+
+from pytest_vibeserve.checkers.result import CheckResult, Failure, build_result
+from pytest_vibeserve.compare import Comparison, compare_alternating, gates_from_spec
+from pytest_vibeserve.contract import FORWARD_COUNTER
+from pytest_vibeserve.runner import RunResult
+from pytest_vibeserve.session import (
+    BASELINE,
+    CANDIDATE,
+    PerformanceRecord,
+    ScenarioContext,
+    VibeSession,
+)
+from pytest_vibeserve.workload import Workload
+
+
+class Checks:
+    def __init__(self, session: VibeSession, context: ScenarioContext, nodeid: str) -> None:
+        self._session = session
+        self._context = context
+        self._nodeid = nodeid
+
+    def record(self, result: CheckResult) -> CheckResult:
+        self._session.checks.append((self._nodeid, result))
+        if not result.passed:
+            details = "\n".join(f"  - {f.message}" for f in result.failures[:20])
+            more = len(result.failures) - 20
+            if more > 0:
+                details += f"\n  ... and {more} more"
+            pytest.fail(f"{result.summary}\n{details}", pytrace=False)
+        return result
+
+    def tokens(self, workload: Workload, run: RunResult, *, tie_tolerance: float | None = None):
+        from pytest_vibeserve.checkers.tokens import check_token_equality
+
+        tolerance = tie_tolerance
+        if tolerance is None:
+            tolerance = float(self._context.scenario.correctness.get("tie_tolerance", 1e-3))
+        expected = {rid: out.expected for rid, out in workload.expected.items()}
+        return self.record(check_token_equality(expected, run.outputs, tie_tolerance=tolerance))
+
+    def logprobs(self, workload: Workload, run: RunResult, *, atol: float | None = None):
+        from pytest_vibeserve.checkers.logprobs import check_logprob_closeness
+
+        tolerance = atol
+        if tolerance is None:
+            tolerance = float(self._context.scenario.correctness.get("logprob_atol", 1e-3))
+        missing = [rid for rid, rec in run.records.items() if rec.logprobs is None]
+        if missing:
+            return self.record(
+                build_result(
+                    "logprobs",
+                    f"{len(missing)} request(s) returned no logprobs",
+                    [
+                        Failure(rid, None, f"request {rid} asked for top_logprobs and got none", {})
+                        for rid in missing
+                    ],
+                    {},
+                )
+            )
+        expected = {rid: out.top_logprobs for rid, out in workload.expected.items()}
+        actual = {rid: rec.logprobs for rid, rec in run.records.items()}
+        return self.record(check_logprob_closeness(expected, actual, atol=tolerance))
+
+    def json_schema(self, outputs: Mapping[str, str], schemas: Mapping[str, dict], **kwargs: Any):
+        from pytest_vibeserve.checkers.json_schema import check_json_schema
+
+        return self.record(check_json_schema(outputs, schemas, **kwargs))
+
+    def images(self, expected: Mapping[str, Any], actual: Mapping[str, Any], **kwargs: Any):
+        from pytest_vibeserve.checkers.images import check_images
+
+        return self.record(check_images(expected, actual, **kwargs))
+
+    def words(self, expected: Mapping[str, str], actual: Mapping[str, str], **kwargs: Any):
+        from pytest_vibeserve.checkers.words import check_word_overlap
+
+        return self.record(check_word_overlap(expected, actual, **kwargs))
+
+    def forward_counters(self, run: RunResult) -> CheckResult:
+        """Integrity: the engine ran its model (a non-zero forward count it reports)."""
+        count = run.counters.get(FORWARD_COUNTER)
+        failures = []
+        if count is None:
+            failures.append(
+                Failure(
+                    None,
+                    None,
+                    f"engine.counters() lacks {FORWARD_COUNTER!r}; count every "
+                    "forward of the real model there",
+                    {"counters": run.counters},
+                )
+            )
+        elif count <= 0:
+            failures.append(
+                Failure(
+                    None,
+                    None,
+                    f"{FORWARD_COUNTER} = {count} after a run of "
+                    f"{len(run.records)} requests: outputs made without a model forward",
+                    {"counters": run.counters},
+                )
+            )
+        head = f"{FORWARD_COUNTER} = {count}"
+        return self.record(build_result("integrity", head, failures, {"counters": run.counters}))
+
+
+class Perf:
+    def __init__(self, session: VibeSession, context: ScenarioContext, nodeid: str) -> None:
+        self._session = session
+        self._context = context
+        self._nodeid = nodeid
+
+    def compare(self, workload: Workload, *, metric: str | None = None) -> PerformanceRecord:
+        """Candidate vs baseline, alternating, plus the peers; recorded for the report."""
+        from pytest_vibeserve.metrics import METRICS
+
+        context = self._context
+        spec = context.scenario.performance
+        metric = metric or spec.metric
+        unit, higher_is_better = METRICS[metric]
+        repeats = self._session.options.repeats or spec.repeats
+        roles = [CANDIDATE, BASELINE, *context.peers]
+        for role in roles:
+            context.warm_up(role, workload)
+
+        def runner(role: str):
+            return lambda: context.run(role, workload, cached=False)
+
+        comparison: Comparison = compare_alternating(
+            runner(CANDIDATE),
+            runner(BASELINE),
+            metric=metric,
+            unit=unit,
+            higher_is_better=higher_is_better,
+            repeats=repeats,
+            peers={peer: runner(peer) for peer in context.peers},
+        )
+        record = PerformanceRecord(
+            nodeid=self._nodeid,
+            workload=workload.name,
+            comparison=comparison,
+            roofline=self._session.roofline(context),
+            engines={role: str(context.engine_dir(role)) for role in roles},
+            workload_stats=dict(workload.stats),
+        )
+        self._session.performance.append(record)
+        return record
+
+    def gate(self, record: PerformanceRecord) -> None:
+        gates = gates_from_spec(self._context.scenario.performance.gates)
+        record.gate_failures = [msg for gate in gates if (msg := gate.fails(record.comparison))]
+        if record.gate_failures:
+            pytest.fail("\n".join(record.gate_failures), pytrace=False)
+
+
+def runs_agree(runs: Sequence[RunResult]) -> bool:
+    """Whether repeated runs of one engine emitted identical tokens (determinism probe)."""
+    first = runs[0].outputs
+    return all(run.outputs == first for run in runs[1:])

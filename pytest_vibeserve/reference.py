@@ -1,0 +1,140 @@
+"""The parent's handle on the reference model: materialised weights and cached greedy outputs.
+
+Reference outputs are computed by ``reference_impls.reference`` in a process of their own and
+cached per request under the cache directory, keyed by the model's fingerprint and everything that
+determines the output (prompt, length, stop tokens, top-k). Engine workers are never told where.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from pytest_vibeserve.checkers.tokens import ExpectedTokens
+from pytest_vibeserve.contract import Request
+
+MATERIALIZE_TIMEOUT_S = 1800
+
+
+class ReferenceError(RuntimeError):
+    """The reference could not be built or run; the message says why and what to do."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReferenceOutput:
+    tokens: list[int]
+    margins: list[float]  # top-1 minus top-2 logit per generated position
+    top_logprobs: list[dict[int, float]]
+
+    @property
+    def expected(self) -> ExpectedTokens:
+        return ExpectedTokens(tokens=self.tokens, margins=self.margins)
+
+
+def materialize_model(scale_model: str, cache_dir: Path, model_path: Path | None = None) -> Path:
+    """Build (once) and return the model directory for a scale's ``model`` entry."""
+    scale = {"tiny": "tiny", "cpu": "cpu", "path": "gpu"}.get(scale_model)
+    if scale is None:
+        raise ReferenceError(
+            f"unknown model {scale_model!r}; scenario scales use tiny, cpu or path"
+        )
+    if scale == "gpu" and model_path is None:
+        raise ReferenceError(
+            "this scale needs a real checkpoint: pass --vibeserve-model PATH (a transformers "
+            "model directory with config.json and safetensors weights)"
+        )
+    command = [sys.executable, "-m", "reference_impls.models", "--scale", scale]
+    command += ["--cache-dir", str(cache_dir)]
+    if model_path is not None:
+        command += ["--model-path", str(model_path)]
+    done = subprocess.run(
+        command, capture_output=True, text=True, timeout=MATERIALIZE_TIMEOUT_S, cwd=_project_root()
+    )
+    if done.returncode != 0:
+        raise ReferenceError(
+            f"building the {scale!r} reference model failed:\n{done.stderr.strip()[-3000:]}"
+        )
+    return Path(done.stdout.strip().splitlines()[-1])
+
+
+def _project_root() -> Path:
+    return Path(__file__).resolve().parent.parent
+
+
+class Reference:
+    def __init__(
+        self, model_dir: Path, cache_dir: Path, *, device: str, dtype: str, threads: int
+    ) -> None:
+        from reference_impls.models import model_fingerprint
+
+        self.model_dir = Path(model_dir)
+        self.device = device
+        self.dtype = dtype
+        self.threads = threads
+        self.fingerprint = model_fingerprint(self.model_dir)
+        self.outputs_dir = Path(cache_dir) / "reference-outputs" / self.fingerprint[:16]
+        self.outputs_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+    def _key(self, request: Request, top_k: int) -> str:
+        # The prediction is deliberately not part of the key: greedy output ignores it.
+        material = json.dumps(
+            [
+                self.fingerprint,
+                self.dtype,
+                list(request.prompt_token_ids),
+                request.max_new_tokens,
+                list(request.stop_token_ids),
+                top_k,
+            ]
+        )
+        return hashlib.sha256(material.encode()).hexdigest()[:32]
+
+    def generate(
+        self, requests: Sequence[Request], *, top_k: int = 5
+    ) -> dict[str, ReferenceOutput]:
+        keys = {r.request_id: self._key(r, top_k) for r in requests}
+        missing = [
+            r for r in requests if not (self.outputs_dir / f"{keys[r.request_id]}.json").exists()
+        ]
+        if missing:
+            self._compute(missing, keys, top_k)
+        outputs = {}
+        for request in requests:
+            data = json.loads((self.outputs_dir / f"{keys[request.request_id]}.json").read_text())
+            outputs[request.request_id] = ReferenceOutput(
+                tokens=data["tokens"],
+                margins=data["margins"],
+                top_logprobs=[{int(k): v for k, v in lp.items()} for lp in data["top_logprobs"]],
+            )
+        return outputs
+
+    def _compute(self, requests: Sequence[Request], keys: dict[str, str], top_k: int) -> None:
+        with tempfile.TemporaryDirectory(prefix="vibeserve-ref-") as tmp:
+            requests_file = Path(tmp) / "requests.json"
+            out_file = Path(tmp) / "out.json"
+            requests_file.write_text(json.dumps([r.to_dict() for r in requests]))
+            command = [sys.executable, "-m", "reference_impls.reference"]
+            command += ["--model", str(self.model_dir), "--requests", str(requests_file)]
+            command += ["--out", str(out_file), "--threads", str(self.threads)]
+            command += ["--device", self.device, "--top-k", str(top_k)]
+            env = {**os.environ, "OMP_NUM_THREADS": str(self.threads), "HF_HUB_OFFLINE": "1"}
+            done = subprocess.run(
+                command, capture_output=True, text=True, cwd=_project_root(), env=env
+            )
+            if done.returncode != 0:
+                raise ReferenceError(
+                    f"the reference run failed ({done.returncode}):\n{done.stderr.strip()[-3000:]}"
+                )
+            results = json.loads(out_file.read_text())
+        for request in requests:
+            target = self.outputs_dir / f"{keys[request.request_id]}.json"
+            partial = target.with_suffix(".tmp")
+            partial.write_text(json.dumps(results[request.request_id]))
+            partial.replace(target)

@@ -1,0 +1,209 @@
+"""The session's results as the JSON report the loop reads, and as a table for people."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import subprocess
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from pytest_vibeserve import __version__
+from pytest_vibeserve.checkers.result import to_jsonable
+from pytest_vibeserve.metrics import RunMetrics, median
+from pytest_vibeserve.session import BASELINE, CANDIDATE, PerformanceRecord, VibeSession
+
+REPORT_VERSION = 1
+TABLE_COLUMNS = (
+    ("engine", 18),
+    ("tok/s", 8),
+    ("TTFT p50 ms", 12),
+    ("TPOT p50 ms", 12),
+    ("e2e p50 ms", 11),
+    ("e2e p99 ms", 11),
+    ("roofline %", 11),
+)
+
+
+def package_version(name: str) -> str:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "absent"
+
+
+def git_commit(path: Path) -> str:
+    try:
+        done = subprocess.run(
+            ["git", "-C", str(path), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    if done.returncode != 0:
+        return "unknown"
+    dirty = subprocess.run(
+        ["git", "-C", str(path), "status", "--porcelain", "--untracked-files=no"],
+        capture_output=True,
+        text=True,
+        timeout=10,
+    ).stdout.strip()
+    return done.stdout.strip() + ("+dirty" if dirty else "")
+
+
+def median_metrics(runs: list[RunMetrics]) -> dict[str, float]:
+    return {key: median([run.to_dict()[key] for run in runs]) for key in runs[0].to_dict()}
+
+
+def table_rows(record: PerformanceRecord) -> list[dict[str, Any]]:
+    comparison = record.comparison
+    runs = {CANDIDATE: comparison.candidate_runs, BASELINE: comparison.baseline_runs}
+    runs.update(comparison.peers)
+    rows = []
+    for role, role_runs in runs.items():
+        summary = median_metrics(role_runs)
+        efficiency = None
+        if record.roofline is not None:
+            efficiency = record.roofline.efficiency_pct(summary["output_tok_per_s"])
+        rows.append(
+            {
+                "engine": role,
+                "path": record.engines.get(role, ""),
+                "runs": len(role_runs),
+                **summary,
+                "roofline_pct": efficiency,
+            }
+        )
+    return rows
+
+
+def correctness_section(session: VibeSession) -> dict[str, Any]:
+    tests = [o for o in session.outcomes.values() if o.kind == "correctness"]
+    ran = [o for o in tests if o.outcome != "skipped"]
+    passed = bool(ran) and all(o.outcome == "passed" for o in ran)
+    reason = "" if ran else "no correctness test ran"
+    return {
+        "passed": passed,
+        "reason": reason,
+        "tests": [{"nodeid": o.nodeid, "outcome": o.outcome, "message": o.message} for o in tests],
+        "checks": [{"nodeid": nodeid, **result.to_dict()} for nodeid, result in session.checks],
+    }
+
+
+def performance_section(session: VibeSession) -> dict[str, Any] | None:
+    if not session.performance:
+        return None
+    headline = session.performance[0]
+    comparison = headline.comparison
+    tests = [o for o in session.outcomes.values() if o.kind == "performance"]
+    return {
+        "metric": comparison.metric,
+        "unit": comparison.unit,
+        "higher_is_better": comparison.higher_is_better,
+        "baseline": comparison.baseline,
+        "candidate": comparison.candidate,
+        "ratio": comparison.ratio,
+        "ratio_definition": "candidate/baseline if higher_is_better else baseline/candidate; "
+        "> 1 means the candidate is better",
+        "noise": comparison.noise,
+        "repeats": comparison.repeats,
+        "gates_passed": all(not r.gate_failures for r in session.performance)
+        and all(o.outcome == "passed" for o in tests),
+        "gate_failures": [msg for r in session.performance for msg in r.gate_failures],
+        "table": table_rows(headline),
+        "workload": headline.workload,
+        "workload_stats": headline.workload_stats,
+        "comparisons": [
+            {"nodeid": r.nodeid, "workload": r.workload, **r.comparison.to_dict()}
+            for r in session.performance
+        ],
+        "tests": [{"nodeid": o.nodeid, "outcome": o.outcome, "message": o.message} for o in tests],
+    }
+
+
+def build_report(session: VibeSession, rootdir: Path) -> dict[str, Any]:
+    options = session.options
+    contexts = list(session.contexts.values())
+    context = contexts[0] if contexts else None
+    roofline = None
+    if session.performance and session.performance[0].roofline is not None:
+        roofline = session.performance[0].roofline.to_dict()
+        candidate = session.performance[0].comparison
+        tok_s = median([m.output_tok_per_s for m in candidate.candidate_runs])
+        roofline["candidate_efficiency_pct"] = session.performance[0].roofline.efficiency_pct(tok_s)
+    report = {
+        "report_version": REPORT_VERSION,
+        "vibeserve_version": __version__,
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "scenario": context.scenario.name if context else None,
+        "engine": str(context.engine_dir(CANDIDATE)) if context else None,
+        "scale": options.scale,
+        "device": context.device if context else options.device,
+        "threads": context.threads if context else options.threads,
+        "seed": options.seed,
+        "model": str(context._model_dir) if context and context._model_dir else None,
+        "torch": package_version("torch"),
+        "transformers": package_version("transformers"),
+        "commit": git_commit(rootdir),
+        "engine_commit": git_commit(context.engine_dir(CANDIDATE)) if context else None,
+        "correctness": correctness_section(session),
+        "performance": performance_section(session),
+        "roofline": roofline,
+    }
+    return to_jsonable(report)
+
+
+def write_report(report: dict[str, Any], path: Path) -> None:
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
+    partial.replace(path)
+
+
+def format_table(record: PerformanceRecord) -> list[str]:
+    comparison = record.comparison
+    lines = [
+        f"workload {record.workload}: headline {comparison.metric} ({comparison.unit}, "
+        f"{'higher' if comparison.higher_is_better else 'lower'} is better): candidate "
+        f"{comparison.candidate:.4g} vs baseline {comparison.baseline:.4g} = "
+        f"{comparison.ratio:.3f}x ± {comparison.noise:.1%} over {comparison.repeats} "
+        "alternating repeats"
+    ]
+    header = "".join(
+        name.rjust(width) if i else name.ljust(width)
+        for i, (name, width) in enumerate(TABLE_COLUMNS)
+    )
+    lines.append(header)
+    for row in table_rows(record):
+        values = [
+            row["engine"],
+            f"{row['output_tok_per_s']:.1f}",
+            f"{row['ttft_p50_ms']:.1f}",
+            f"{row['tpot_p50_ms']:.2f}",
+            f"{row['e2e_p50_ms']:.0f}",
+            f"{row['e2e_p99_ms']:.0f}",
+            "-" if row["roofline_pct"] is None else f"{row['roofline_pct']:.0f}",
+        ]
+        lines.append(
+            "".join(
+                value.rjust(width) if i else value.ljust(width)
+                for i, (value, (_, width)) in enumerate(zip(values, TABLE_COLUMNS, strict=True))
+            )
+        )
+    if record.roofline is not None:
+        roof = record.roofline
+        lines.append(
+            f"roofline: {roof.model_bytes / 2**20:.0f} MiB of weights / "
+            f"{roof.limits.read_bandwidth_gbs:.1f} GB/s = {roof.decode_floor_ms:.2f} ms/token "
+            f"({roof.roofline_tok_per_s:.0f} tok/s at batch 1); peak matmul "
+            f"{roof.limits.matmul_gflops:.0f} GFLOP/s; {roof.limits.threads} thread(s)"
+        )
+    if record.workload_stats:
+        stats = ", ".join(
+            f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+            for k, v in record.workload_stats.items()
+        )
+        lines.append(f"workload stats: {stats}")
+    return lines

@@ -1,0 +1,116 @@
+"""The machine's limits, measured once per session, and an engine's efficiency against them.
+
+Batch-1 decoding reads every weight once per token, so ``model bytes / memory bandwidth`` is the
+floor on time per token (the paper's "kernel-perfect ceiling"); ``2 * params`` FLOPs per token over
+the peak matmul rate is the compute floor. Speculative or batched engines emit several tokens per
+weight read and can beat the batch-1 floor: an efficiency over 100% says exactly that.
+
+The probe runs in its own process with the engines' thread count, so the parent's state does not
+leak into the figures: ``python -m pytest_vibeserve.roofline --threads N --device cpu``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+BANDWIDTH_BYTES = 512 << 20  # well past any last-level cache
+MATMUL_N = 2048
+
+
+@dataclass(frozen=True, slots=True)
+class MachineLimits:
+    device: str
+    threads: int
+    read_bandwidth_gbs: float  # GB/s (1e9), best of several full reads
+    matmul_gflops: float  # fp32 GFLOP/s, best of several square matmuls
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class Roofline:
+    limits: MachineLimits
+    model_bytes: int
+    decode_floor_ms: float  # batch-1 time per token if every weight byte is read once at peak
+    roofline_tok_per_s: float
+
+    def efficiency_pct(self, tok_per_s: float) -> float:
+        return 100.0 * tok_per_s / self.roofline_tok_per_s
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            **self.limits.to_dict(),
+            "model_bytes": self.model_bytes,
+            "decode_floor_ms": self.decode_floor_ms,
+            "roofline_tok_per_s": self.roofline_tok_per_s,
+        }
+
+
+def roofline_for(limits: MachineLimits, model_bytes: int) -> Roofline:
+    if model_bytes <= 0:
+        raise ValueError(f"model_bytes must be positive, got {model_bytes}")
+    floor_s = model_bytes / (limits.read_bandwidth_gbs * 1e9)
+    return Roofline(limits, model_bytes, floor_s * 1000, 1 / floor_s)
+
+
+def _probe(device: str, threads: int, repeats: int = 5) -> MachineLimits:
+    import torch
+
+    torch.set_num_threads(threads)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    data = torch.ones(BANDWIDTH_BYTES // 4, dtype=torch.float32, device=device)
+    best_read = float("inf")
+    for _ in range(repeats):
+        sync()
+        start = time.perf_counter()
+        data.sum()
+        sync()
+        best_read = min(best_read, time.perf_counter() - start)
+    del data
+    a = torch.randn(MATMUL_N, MATMUL_N, device=device)
+    b = torch.randn(MATMUL_N, MATMUL_N, device=device)
+    a @ b  # first call pays one-off setup
+    best_mm = float("inf")
+    for _ in range(repeats):
+        sync()
+        start = time.perf_counter()
+        a @ b
+        sync()
+        best_mm = min(best_mm, time.perf_counter() - start)
+    return MachineLimits(
+        device=device,
+        threads=threads,
+        read_bandwidth_gbs=BANDWIDTH_BYTES / best_read / 1e9,
+        matmul_gflops=2 * MATMUL_N**3 / best_mm / 1e9,
+    )
+
+
+def measure_limits(device: str, threads: int, *, timeout_s: float = 300) -> MachineLimits:
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    command = [sys.executable, "-m", "pytest_vibeserve.roofline"]
+    command += ["--device", device, "--threads", str(threads)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, env=env)
+    if done.returncode != 0:
+        raise RuntimeError(f"the roofline probe failed ({done.returncode}):\n{done.stderr[-2000:]}")
+    return MachineLimits(**json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+    print(json.dumps(_probe(args.device, args.threads).to_dict()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

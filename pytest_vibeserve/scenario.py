@@ -1,0 +1,154 @@
+"""A scenario's spec: ``scenarios/<name>/scenario.toml`` read into validated dataclasses."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pytest_vibeserve.metrics import METRICS
+
+SCALES = ("tiny", "cpu", "gpu")
+SPEC_FILE = "scenario.toml"
+
+
+class ScenarioError(ValueError):
+    """scenario.toml is missing or wrong; the message names the file, the key and the fix."""
+
+
+@dataclass(frozen=True, slots=True)
+class ScaleSpec:
+    name: str
+    model: str  # "tiny", "cpu" (a model the reference builds) or "path" (--vibeserve-model)
+    device: str
+    dtype: str
+    threads: int
+    workload: dict[str, Any]  # the scenario's [workload] table overlaid with [scales.<name>]
+
+
+@dataclass(frozen=True, slots=True)
+class Gates:
+    min_ratio: float | None = None  # candidate/baseline in the better direction, noise allowed
+    max_noise: float | None = None  # relative half-spread of the repeat ratios
+
+
+@dataclass(frozen=True, slots=True)
+class PerformanceSpec:
+    metric: str
+    unit: str
+    higher_is_better: bool
+    repeats: int
+    baseline: str
+    peers: tuple[str, ...]
+    gates: Gates
+
+
+@dataclass(frozen=True, slots=True)
+class Scenario:
+    name: str
+    root: Path
+    description: str
+    scales: dict[str, ScaleSpec]
+    correctness: dict[str, Any]
+    performance: PerformanceSpec
+    engine_options: dict[str, Any] = field(default_factory=dict)
+    loop: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def starter(self) -> Path:
+        return self.root / "starter"
+
+    def scale(self, name: str) -> ScaleSpec:
+        if name not in self.scales:
+            raise ScenarioError(
+                f"scenario {self.name!r} has no scale {name!r} ({self.root / SPEC_FILE} defines "
+                f"{', '.join(self.scales)}); add [scales.{name}] or pick another --vibeserve-scale"
+            )
+        return self.scales[name]
+
+
+def find_scenario_root(path: Path) -> Path | None:
+    """The nearest directory at or above ``path`` that holds a scenario.toml."""
+    path = path.resolve()
+    for directory in (path, *path.parents) if path.is_dir() else path.parents:
+        if (directory / SPEC_FILE).is_file():
+            return directory
+    return None
+
+
+def _require(table: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
+    if key not in table:
+        raise ScenarioError(f"{where}: missing key {key!r}")
+    value = table[key]
+    if not isinstance(value, kind):
+        raise ScenarioError(f"{where}: {key!r} = {value!r} is not of type {kind}")
+    return value
+
+
+def load_scenario(root: Path) -> Scenario:
+    spec_path = Path(root) / SPEC_FILE
+    if not spec_path.is_file():
+        raise ScenarioError(f"{spec_path} does not exist; a scenario folder needs a {SPEC_FILE}")
+    try:
+        data = tomllib.loads(spec_path.read_text())
+    except tomllib.TOMLDecodeError as error:
+        raise ScenarioError(f"{spec_path} is not valid TOML: {error}") from None
+    where = str(spec_path)
+    meta = _require(data, "scenario", dict, where)
+    name = _require(meta, "name", str, f"{where} [scenario]")
+    if name != spec_path.parent.name:
+        raise ScenarioError(f"{where}: [scenario] name {name!r} must equal the folder name")
+    workload = data.get("workload", {})
+    scales = {}
+    for scale_name, table in _require(data, "scales", dict, where).items():
+        if scale_name not in SCALES:
+            raise ScenarioError(f"{where}: unknown scale {scale_name!r}; use one of {SCALES}")
+        at = f"{where} [scales.{scale_name}]"
+        scales[scale_name] = ScaleSpec(
+            name=scale_name,
+            model=_require(table, "model", str, at),
+            device=table.get("device", "cpu"),
+            dtype=table.get("dtype", "float32"),
+            threads=int(table.get("threads", 1)),
+            workload={**workload, **table.get("workload", {})},
+        )
+    perf = _require(data, "performance", dict, where)
+    at = f"{where} [performance]"
+    metric = _require(perf, "metric", str, at)
+    if metric not in METRICS:
+        raise ScenarioError(f"{at}: metric {metric!r} is unknown; use one of {', '.join(METRICS)}")
+    unit, higher_is_better = METRICS[metric]
+    declared = perf.get("higher_is_better", higher_is_better)
+    if declared != higher_is_better:
+        raise ScenarioError(
+            f"{at}: higher_is_better = {declared} contradicts metric {metric!r} ({unit}); "
+            "remove the key or fix it"
+        )
+    gates = perf.get("gates", {})
+    unknown = set(gates) - {"min_ratio", "max_noise"}
+    if unknown:
+        raise ScenarioError(
+            f"{at}.gates: unknown gate(s) {sorted(unknown)}; use min_ratio, max_noise"
+        )
+    performance = PerformanceSpec(
+        metric=metric,
+        unit=unit,
+        higher_is_better=higher_is_better,
+        repeats=int(perf.get("repeats", 3)),
+        baseline=_require(perf, "baseline", str, at),
+        peers=tuple(perf.get("peers", ())),
+        gates=Gates(**gates),
+    )
+    if performance.repeats < 2:
+        raise ScenarioError(f"{at}: repeats must be >= 2 to estimate noise")
+    return Scenario(
+        name=name,
+        root=spec_path.parent.resolve(),
+        description=meta.get("description", ""),
+        scales=scales,
+        correctness=data.get("correctness", {}),
+        performance=performance,
+        engine_options=data.get("engine", {}).get("options", {}),
+        loop=data.get("loop", {}),
+    )

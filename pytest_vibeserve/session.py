@@ -1,0 +1,190 @@
+"""Per-session state: scenarios, their engines and reference, and every result bound for the report.
+
+One ``VibeSession`` lives in ``config.stash``; fixtures reach it, hooks fill and flush it. Engine
+workers are started lazily, reused by every test of the session, and killed at its end.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pytest_vibeserve.checkers.result import CheckResult
+from pytest_vibeserve.compare import Comparison
+from pytest_vibeserve.contract import EngineSpec
+from pytest_vibeserve.options import Options
+from pytest_vibeserve.reference import Reference, materialize_model
+from pytest_vibeserve.roofline import MachineLimits, Roofline, measure_limits, roofline_for
+from pytest_vibeserve.runner import EngineProcess, Limits, RunResult
+from pytest_vibeserve.scenario import Scenario, ScenarioError, find_scenario_root, load_scenario
+from pytest_vibeserve.workload import Workload
+
+ENGINES_DIR = Path(__file__).resolve().parent.parent / "reference_impls" / "engines"
+CANDIDATE = "candidate"
+BASELINE = "baseline"
+
+
+@dataclass(slots=True)
+class TestOutcome:
+    nodeid: str
+    kind: str  # "correctness" or "performance"
+    outcome: str  # passed / failed / skipped / error
+    message: str = ""
+
+
+@dataclass(slots=True)
+class PerformanceRecord:
+    nodeid: str
+    workload: str
+    comparison: Comparison
+    roofline: Roofline | None
+    engines: dict[str, str]  # role -> engine directory
+    gate_failures: list[str] = field(default_factory=list)
+    workload_stats: dict[str, Any] = field(default_factory=dict)
+
+
+class ScenarioContext:
+    """One scenario at the session's scale: its model, reference and engine workers."""
+
+    def __init__(self, scenario: Scenario, options: Options) -> None:
+        self.scenario = scenario
+        self.options = options
+        self.scale = scenario.scale(options.scale)
+        self.device = options.device or self.scale.device
+        self.threads = options.threads or self.scale.threads
+        self.dtype = self.scale.dtype
+        self._model_dir: Path | None = None
+        self._reference: Reference | None = None
+        self._engines: dict[str, EngineProcess] = {}
+        self._runs: dict[tuple[str, str], RunResult] = {}
+        self._warmed: set[tuple[str, str]] = set()
+        self._memo: dict[str, Any] = {}
+
+    def memo(self, key: str, factory: Callable[[], Any]) -> Any:
+        """Build once per session and scenario (workloads, tokenizers), whichever module asks."""
+        if key not in self._memo:
+            self._memo[key] = factory()
+        return self._memo[key]
+
+    def load_tokenizer(self) -> Any:
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(self.model_dir)
+
+    @property
+    def model_dir(self) -> Path:
+        if self._model_dir is None:
+            model = "path" if self.options.model is not None else self.scale.model
+            self._model_dir = materialize_model(model, self.options.cache_dir, self.options.model)
+        return self._model_dir
+
+    @property
+    def reference(self) -> Reference:
+        if self._reference is None:
+            self._reference = Reference(
+                self.model_dir,
+                self.options.cache_dir,
+                device=self.device,
+                dtype=self.dtype,
+                threads=self.threads,
+            )
+        return self._reference
+
+    def engine_dir(self, role: str) -> Path:
+        if role == CANDIDATE:
+            return self.options.engine or self.scenario.starter
+        name = self.scenario.performance.baseline if role == BASELINE else role
+        path = ENGINES_DIR / name
+        if not (path / "engine.py").is_file():
+            raise ScenarioError(
+                f"scenario {self.scenario.name!r} names engine {name!r}, but {path} has no "
+                "engine.py; fix [performance] baseline/peers in scenario.toml"
+            )
+        return path
+
+    @property
+    def peers(self) -> tuple[str, ...]:
+        chosen = self.options.peers
+        return self.scenario.performance.peers if chosen is None else chosen
+
+    def engine(self, role: str) -> EngineProcess:
+        if role not in self._engines:
+            spec = EngineSpec(
+                model_path=str(self.model_dir),
+                device=self.device,
+                dtype=self.dtype,
+                threads=self.threads,
+                options=dict(self.scenario.engine_options),
+            )
+            limits = Limits(
+                step_timeout_s=self.options.step_timeout_s,
+                memory_bytes=int(self.options.memory_gib * 2**30),
+            )
+            process = EngineProcess(self.engine_dir(role), spec, name=role, limits=limits)
+            self._engines[role] = process
+            process.start()
+        return self._engines[role]
+
+    def warm_up(self, role: str, workload: Workload) -> None:
+        if workload.warmup and (role, workload.name) not in self._warmed:
+            self.engine(role).run(workload.warmup, concurrency=workload.concurrency)
+            self._warmed.add((role, workload.name))
+
+    def run(self, role: str, workload: Workload, *, cached: bool = True) -> RunResult:
+        """One run of ``workload`` on an engine; cached runs serve every correctness test."""
+        key = (role, workload.name)
+        if cached and key in self._runs:
+            return self._runs[key]
+        self.warm_up(role, workload)
+        result = self.engine(role).run(
+            workload.requests,
+            concurrency=workload.concurrency,
+            arrival_offsets_s=workload.arrival_offsets_s,
+        )
+        if cached:
+            self._runs[key] = result
+        return result
+
+    def close(self) -> None:
+        for process in self._engines.values():
+            process.close()
+        self._engines.clear()
+
+
+class VibeSession:
+    def __init__(self, options: Options) -> None:
+        self.options = options
+        self.contexts: dict[Path, ScenarioContext] = {}
+        self.checks: list[tuple[str, CheckResult]] = []
+        self.outcomes: dict[str, TestOutcome] = {}
+        self.performance: list[PerformanceRecord] = []
+        self._limits: dict[tuple[str, int], MachineLimits] = {}
+
+    def context_for(self, path: Path) -> ScenarioContext:
+        root = find_scenario_root(path)
+        if root is None:
+            raise ScenarioError(
+                f"{path} is not inside a scenario folder (none of its parents holds a "
+                "scenario.toml); vibeserve fixtures work only in scenarios/<name>/ tests"
+            )
+        if root not in self.contexts:
+            self.contexts[root] = ScenarioContext(load_scenario(root), self.options)
+        return self.contexts[root]
+
+    def machine_limits(self, device: str, threads: int) -> MachineLimits:
+        key = (device, threads)
+        if key not in self._limits:
+            self._limits[key] = measure_limits(device, threads)
+        return self._limits[key]
+
+    def roofline(self, context: ScenarioContext) -> Roofline:
+        from reference_impls.models import model_bytes
+
+        limits = self.machine_limits(context.device, context.threads)
+        return roofline_for(limits, model_bytes(context.model_dir))
+
+    def close(self) -> None:
+        for context in self.contexts.values():
+            context.close()
