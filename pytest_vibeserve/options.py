@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,24 +33,21 @@ def _device(value: str) -> str:
     return value
 
 
-def _positive_int(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"{value!r} must be >= 1")
-    return number
+def _int_at_least(minimum: int, what: str) -> Callable[[str], int]:
+    def parse(value: str) -> int:
+        try:
+            number = int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{value!r} is not {what}") from None
+        if number < minimum:
+            raise argparse.ArgumentTypeError(f"{what} {value!r} must be >= {minimum}")
+        return number
+
+    return parse
 
 
-def _seed(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not an integer seed") from None
-    if number < 0:
-        raise argparse.ArgumentTypeError(f"seed {value!r} must be >= 0")
-    return number
+_positive_int = _int_at_least(1, "a whole number")
+_seed = _int_at_least(0, "an integer seed")
 
 
 def _positive_float(value: str) -> float:

@@ -6,7 +6,7 @@ checker's or gate's own message, so a terminal and a report tell the same story.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import pytest
@@ -164,8 +164,3 @@ class Perf:
         if record.gate_failures:
             pytest.fail("\n".join(record.gate_failures), pytrace=False)
 
-
-def runs_agree(runs: Sequence[RunResult]) -> bool:
-    """Whether repeated runs of one engine emitted identical tokens (determinism probe)."""
-    first = runs[0].outputs
-    return all(run.outputs == first for run in runs[1:])

@@ -38,18 +38,26 @@ class ReferenceOutput:
         return ExpectedTokens(tokens=self.tokens, margins=self.margins)
 
 
-def materialize_model(scale_model: str, cache_dir: Path, model_path: Path | None = None) -> Path:
-    """Build (once) and return the model directory for a scale's ``model`` entry."""
+def materialize_model(
+    scale_model: str, cache_dir: Path, model_path: Path | None = None
+) -> Path:
+    """Build (once) and return the model directory for a scale's ``model`` entry.
+
+    A model already in the cache is found in-process; a build runs in a subprocess, so its
+    gigabyte-sized conversion leaves nothing behind in the pytest process.
+    """
+    from reference_impls.models import cached_model_dir
+
     scale = {"tiny": "tiny", "cpu": "cpu", "path": "gpu"}.get(scale_model)
     if scale is None:
-        raise ReferenceError(
-            f"unknown model {scale_model!r}; scenario scales use tiny, cpu or path"
-        )
+        raise ReferenceError(f"unknown model {scale_model!r}; scales use tiny, cpu or path")
     if scale == "gpu" and model_path is None:
         raise ReferenceError(
             "this scale needs a real checkpoint: pass --vibeserve-model PATH (a transformers "
             "model directory with config.json and safetensors weights)"
         )
+    if model_path is None and (found := cached_model_dir(scale, cache_dir)) is not None:
+        return found
     command = [sys.executable, "-m", "reference_impls.models", "--scale", scale]
     command += ["--cache-dir", str(cache_dir)]
     if model_path is not None:
@@ -123,7 +131,7 @@ class Reference:
             command = [sys.executable, "-m", "reference_impls.reference"]
             command += ["--model", str(self.model_dir), "--requests", str(requests_file)]
             command += ["--out", str(out_file), "--threads", str(self.threads)]
-            command += ["--device", self.device, "--top-k", str(top_k)]
+            command += ["--device", self.device, "--dtype", self.dtype, "--top-k", str(top_k)]
             env = {**os.environ, "OMP_NUM_THREADS": str(self.threads), "HF_HUB_OFFLINE": "1"}
             done = subprocess.run(
                 command, capture_output=True, text=True, cwd=_project_root(), env=env

@@ -1,0 +1,1 @@
+"""Reference models, the reference greedy decoder, and the baseline and peer engines."""

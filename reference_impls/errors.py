@@ -1,0 +1,5 @@
+"""Errors raised while preparing reference models."""
+
+
+class ReferenceModelUnavailable(RuntimeError):
+    """A reference model cannot be materialised; the message names the cause and the fixes."""

@@ -1,0 +1,87 @@
+"""Compute reference greedy outputs in a process of their own.
+
+    python -m reference_impls.reference --model DIR --requests in.json --out out.json \
+        [--threads N] [--device cpu] [--dtype float32] [--top-k 5]
+
+in.json: a list of contract `Request.to_dict()` dicts. out.json (written atomically): request_id ->
+{"tokens", "margins", "top_logprobs"}. Progress goes to stderr, one line per request.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from pytest_vibeserve.contract import Request
+from reference_impls.greedy import DTYPE_NAMES, greedy_decode, load_model
+
+
+def read_requests(path: Path) -> list[Request]:
+    data = json.loads(path.read_text())
+    if not isinstance(data, list):
+        raise ValueError(
+            f"{path}: expected a JSON list of Request dicts, got {type(data).__name__}"
+        )
+    requests = [Request.from_dict(item) for item in data]
+    ids = [r.request_id for r in requests]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"{path}: request_id values must be unique")
+    return requests
+
+
+def write_json_atomic(path: Path, data: object) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(data, fh)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m reference_impls.reference", description=__doc__
+    )
+    parser.add_argument("--model", type=Path, required=True)
+    parser.add_argument("--requests", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32", choices=DTYPE_NAMES)
+    parser.add_argument("--top-k", type=int, default=5)
+    args = parser.parse_args(argv)
+
+    requests = read_requests(args.requests)
+    model = load_model(args.model, device=args.device, dtype=args.dtype, threads=args.threads)
+    results: dict[str, dict] = {}
+    for i, request in enumerate(requests, 1):
+        start = time.perf_counter()
+        out = greedy_decode(
+            model,
+            request.prompt_token_ids,
+            request.max_new_tokens,
+            stop_token_ids=request.stop_token_ids,
+            top_k=max(args.top_k, request.top_logprobs),
+        )
+        elapsed = time.perf_counter() - start
+        results[request.request_id] = out.to_dict()
+        print(
+            f"[reference {i}/{len(requests)}] {request.request_id}: {len(out.tokens)} tokens "
+            f"in {elapsed:.2f} s ({len(out.tokens) / elapsed:.1f} tok/s)",
+            file=sys.stderr,
+            flush=True,
+        )
+    write_json_atomic(args.out, results)
+
+
+if __name__ == "__main__":
+    main()
