@@ -163,4 +163,3 @@ class Perf:
         record.gate_failures = [msg for gate in gates if (msg := gate.fails(record.comparison))]
         if record.gate_failures:
             pytest.fail("\n".join(record.gate_failures), pytrace=False)
-

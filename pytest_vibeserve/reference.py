@@ -38,9 +38,7 @@ class ReferenceOutput:
         return ExpectedTokens(tokens=self.tokens, margins=self.margins)
 
 
-def materialize_model(
-    scale_model: str, cache_dir: Path, model_path: Path | None = None
-) -> Path:
+def materialize_model(scale_model: str, cache_dir: Path, model_path: Path | None = None) -> Path:
     """Build (once) and return the model directory for a scale's ``model`` entry.
 
     A model already in the cache is found in-process; a build runs in a subprocess, so its
@@ -127,21 +125,36 @@ class Reference:
         with tempfile.TemporaryDirectory(prefix="vibeserve-ref-") as tmp:
             requests_file = Path(tmp) / "requests.json"
             out_file = Path(tmp) / "out.json"
+            log_file = Path(tmp) / "reference.log"
             requests_file.write_text(json.dumps([r.to_dict() for r in requests]))
             command = [sys.executable, "-m", "reference_impls.reference"]
             command += ["--model", str(self.model_dir), "--requests", str(requests_file)]
             command += ["--out", str(out_file), "--threads", str(self.threads)]
             command += ["--device", self.device, "--dtype", self.dtype, "--top-k", str(top_k)]
             env = {**os.environ, "OMP_NUM_THREADS": str(self.threads), "HF_HUB_OFFLINE": "1"}
-            done = subprocess.run(
-                command, capture_output=True, text=True, cwd=_project_root(), env=env
-            )
-            if done.returncode != 0:
-                raise ReferenceError(
-                    f"the reference run failed ({done.returncode}):\n{done.stderr.strip()[-3000:]}"
+            with log_file.open("wb") as log:
+                process = subprocess.Popen(
+                    command, stdout=log, stderr=subprocess.STDOUT, cwd=_project_root(), env=env
                 )
-            results = json.loads(out_file.read_text())
+                try:
+                    code = process.wait()
+                finally:
+                    if process.poll() is None:  # interrupted (Ctrl-C): stop it, keep its results
+                        process.kill()
+                        process.wait()
+                    self._store(out_file, requests, keys)
+            if code != 0:
+                tail = log_file.read_text(errors="replace").strip()[-3000:]
+                raise ReferenceError(f"the reference run failed ({code}):\n{tail}")
+
+    def _store(self, out_file: Path, requests: Sequence[Request], keys: dict[str, str]) -> None:
+        """Cache every output the reference finished, even from a run that did not complete."""
+        if not out_file.exists():
+            return
+        results = json.loads(out_file.read_text())
         for request in requests:
+            if request.request_id not in results:
+                continue
             target = self.outputs_dir / f"{keys[request.request_id]}.json"
             partial = target.with_suffix(".tmp")
             partial.write_text(json.dumps(results[request.request_id]))

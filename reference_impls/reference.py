@@ -80,7 +80,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             file=sys.stderr,
             flush=True,
         )
-    write_json_atomic(args.out, results)
+        # after every request, so an interrupted run keeps what it finished
+        write_json_atomic(args.out, results)
+    if not requests:
+        write_json_atomic(args.out, results)
 
 
 if __name__ == "__main__":

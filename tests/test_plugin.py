@@ -88,7 +88,9 @@ def test_unmarked():
 """
     make_scenario(pytester, body)
     report = tmp_path / "r.json"
-    result = pytester.runpytest("toy", "--vibeserve-report", str(report), "--vibeserve-scale", "tiny")
+    result = pytester.runpytest(
+        "toy", "--vibeserve-report", str(report), "--vibeserve-scale", "tiny"
+    )
     result.assert_outcomes(passed=2, failed=1)
     result.stdout.fnmatch_lines(
         ["*FAIL tokens: 0/1 requests equal*request a position 1 expected 2 got 9 (margin 5*"]

@@ -77,6 +77,9 @@ def test_engine_on_other_weights_fails(pytester, vibeserve_cache):
     result, report = correctness_failures(pytester, vibeserve_cache, "other_weights")
     result.assert_outcomes(passed=1, failed=3)
     result.stdout.fnmatch_lines(["*FAILED: request edit-* position * expected * got *"])
+    failed = [c for c in report["correctness"]["checks"] if not c["passed"]]
+    reasons = {f["data"]["reason"] for c in failed for f in c["failures"]}
+    assert reasons == {"mismatch"}
 
 
 def test_echoing_the_prediction_without_verifying_fails(pytester, vibeserve_cache):
@@ -125,3 +128,35 @@ def test_bad_options_are_refused_with_the_fix(pytester, option, value, message):
     result = pytester.runpytest_subprocess(str(SCENARIO), option, value)
     assert result.ret != 0
     result.stderr.fnmatch_lines([message])
+
+
+def test_slow_engine_fails_the_gate_and_peers_join_the_table(pytester, vibeserve_cache):
+    result, report = run_scenario(
+        pytester,
+        vibeserve_cache,
+        "-k",
+        "performance",
+        "--vibeserve-repeats",
+        "2",
+        "--vibeserve-peers",
+        "hf_prompt_lookup,hf_assisted",
+        engine=WRONG_ENGINES / "slow",
+    )
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*output_tok_per_s: candidate * tok/s vs baseline * tok/s (higher is better) is a "
+            "ratio of * below the gate min_ratio=0.7*",
+            "hf_prompt_lookup *",
+            "hf_assisted *",
+        ]
+    )
+    performance = report["performance"]
+    assert performance["gates_passed"] is False
+    assert performance["ratio"] < 0.7
+    assert [row["engine"] for row in performance["table"]] == [
+        "candidate",
+        "baseline",
+        "hf_prompt_lookup",
+        "hf_assisted",
+    ]

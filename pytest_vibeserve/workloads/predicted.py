@@ -53,14 +53,30 @@ def build_workload(
         Request(f"edit-{i}", tuple(render_prompt(case.messages, tokenizer)), max_new_tokens, stop)
         for i, case in enumerate(cases)
     ]
-    expected = reference.generate(plain)
-    outputs = [expected[r.request_id].tokens for r in plain]
     if mode == "as_sent":
+        min_ratio = float(params.get("min_overlap_ratio", 0.5))
         predictions = [tokenizer.encode(c.prediction_text, add_special_tokens=False) for c in cases]
-        keep = select_copying_cases(
-            cases, outputs, predictions, min_ratio=float(params.get("min_overlap_ratio", 0.5)), n=n
-        )
+        # Reference outputs in chunks of n, stopping once n requests copy their prediction:
+        # at the cpu scale each candidate costs seconds of greedy decoding.
+        expected: dict[str, ReferenceOutput] = {}
+        qualified = 0
+        for start in range(0, len(plain), n):
+            if qualified >= n:
+                break
+            chunk = plain[start : start + n]
+            expected.update(reference.generate(chunk))
+            qualified += sum(
+                prediction_overlap(predictions[i], expected[r.request_id].tokens).difflib_ratio
+                >= min_ratio
+                for i, r in enumerate(chunk, start)
+            )
+        examined = len(expected)
+        cases, plain, predictions = cases[:examined], plain[:examined], predictions[:examined]
+        outputs = [expected[r.request_id].tokens for r in plain]
+        keep = select_copying_cases(cases, outputs, predictions, min_ratio=min_ratio, n=n)
     else:
+        expected = reference.generate(plain)
+        outputs = [expected[r.request_id].tokens for r in plain]
         rng = random.Random(f"predicted_outputs:{seed}")
         vocab = len(tokenizer)
         spans = int(params.get("perturb_spans", 3))

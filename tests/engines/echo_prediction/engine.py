@@ -4,9 +4,9 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from starter_base import load_starter  # noqa: E402
+from starter_base import load_starter
 
-from pytest_vibeserve.contract import Event  # noqa: E402
+from pytest_vibeserve.contract import Event
 
 starter = load_starter()
 

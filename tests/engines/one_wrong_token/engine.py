@@ -4,7 +4,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from starter_base import load_starter  # noqa: E402
+from starter_base import load_starter
 
 starter = load_starter()
 
