@@ -13,6 +13,7 @@ from pytest_vibeserve.report import (
     build_report,
     format_table,
     git_commit,
+    merge_reports,
     package_version,
     write_report,
 )
@@ -132,9 +133,23 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    vibe = session.config.stash[session_key]
-    if vibe.options.report is not None and vibe.contexts:
-        write_report(build_report(vibe, session.config.rootpath), vibe.options.report)
+    config = session.config
+    vibe = config.stash[session_key]
+    report = build_report(vibe, config.rootpath) if vibe.contexts else None
+    if hasattr(config, "workerinput"):  # a pytest-xdist worker: the controller writes the report
+        config.workeroutput["vibeserve_report"] = report
+        return
+    reports = [r for r in (report, *vibe.worker_reports) if r is not None]
+    if vibe.options.report is not None and reports:
+        write_report(merge_reports(reports), vibe.options.report)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: Any) -> None:
+    """pytest-xdist: keep each worker's report for the controller's merged one."""
+    report = getattr(node, "workeroutput", {}).get("vibeserve_report")
+    if report is not None:
+        node.config.stash[session_key].worker_reports.append(report)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

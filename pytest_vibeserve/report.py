@@ -81,16 +81,37 @@ def table_rows(record: PerformanceRecord) -> list[dict[str, Any]]:
 
 
 def correctness_section(session: VibeSession) -> dict[str, Any]:
-    tests = [o for o in session.outcomes.values() if o.kind == "correctness"]
-    ran = [o for o in tests if o.outcome != "skipped"]
-    passed = bool(ran) and all(o.outcome == "passed" for o in ran)
-    reason = "" if ran else "no correctness test ran"
+    tests = [
+        {"nodeid": o.nodeid, "outcome": o.outcome, "message": o.message}
+        for o in session.outcomes.values()
+        if o.kind == "correctness"
+    ]
+    checks = [{"nodeid": nodeid, **result.to_dict()} for nodeid, result in session.checks]
+    return summarize_correctness(tests, checks)
+
+
+def summarize_correctness(tests: list[dict], checks: list[dict]) -> dict[str, Any]:
+    ran = [t for t in tests if t["outcome"] != "skipped"]
     return {
-        "passed": passed,
-        "reason": reason,
-        "tests": [{"nodeid": o.nodeid, "outcome": o.outcome, "message": o.message} for o in tests],
-        "checks": [{"nodeid": nodeid, **result.to_dict()} for nodeid, result in session.checks],
+        "passed": bool(ran) and all(t["outcome"] == "passed" for t in ran),
+        "reason": "" if ran else "no correctness test ran",
+        "tests": tests,
+        "checks": checks,
     }
+
+
+def merge_reports(reports: list[dict[str, Any]]) -> dict[str, Any]:
+    """One report from the reports of several pytest-xdist workers of one session."""
+    if not reports:
+        raise ValueError("no reports to merge")
+    merged = dict(reports[0])
+    merged["correctness"] = summarize_correctness(
+        [t for r in reports for t in r["correctness"]["tests"]],
+        [c for r in reports for c in r["correctness"]["checks"]],
+    )
+    for key in ("performance", "roofline"):
+        merged[key] = next((r[key] for r in reports if r[key] is not None), None)
+    return merged
 
 
 def performance_section(session: VibeSession) -> dict[str, Any] | None:

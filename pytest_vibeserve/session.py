@@ -160,6 +160,7 @@ class VibeSession:
         self.checks: list[tuple[str, CheckResult]] = []
         self.outcomes: dict[str, TestOutcome] = {}
         self.performance: list[PerformanceRecord] = []
+        self.worker_reports: list[dict[str, Any]] = []  # from pytest-xdist workers
         self._limits: dict[tuple[str, int], MachineLimits] = {}
 
     def context_for(self, path: Path) -> ScenarioContext:

@@ -155,3 +155,26 @@ def test_scenario_without_workload_fixture_says_so(pytester):
     result = pytester.runpytest("toy", "--vibeserve-scale", "tiny")
     assert result.ret != 0
     result.stdout.fnmatch_lines(["*defines no vibeserve_workload fixture*conftest.py*"])
+
+
+def test_xdist_workers_reports_are_merged(pytester, tmp_path):
+    body = """
+import pytest
+from pytest_vibeserve.checkers import ExpectedTokens, check_token_equality
+
+@pytest.mark.parametrize("actual", [[1, 2], [1, 2], [1, 3], [1, 2]])
+@pytest.mark.vibeserve_correctness(checker="tokens")
+def test_tokens(vibeserve_checks, actual):
+    expected = {"a": ExpectedTokens([1, 2], [5.0, 5.0])}
+    vibeserve_checks.record(check_token_equality(expected, {"a": actual}))
+"""
+    make_scenario(pytester, body)
+    report = tmp_path / "r.json"
+    result = pytester.runpytest_subprocess(
+        "toy", "-n", "2", "--vibeserve-report", str(report), "--vibeserve-scale", "tiny"
+    )
+    result.assert_outcomes(passed=3, failed=1)
+    data = json.loads(report.read_text())
+    assert len(data["correctness"]["tests"]) == 4
+    assert len(data["correctness"]["checks"]) == 4
+    assert data["correctness"]["passed"] is False
