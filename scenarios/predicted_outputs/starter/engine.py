@@ -43,7 +43,7 @@ class GreedyEngine:
             self.next_input = torch.tensor([self.current.prompt_token_ids], device=self.device)
             self.emitted = 0
         logits = self.model(
-            input_ids=self.next_input, past_key_values=self.cache, use_cache=True
+            input_ids=self.next_input, cache=self.cache, use_cache=True
         ).logits  # [1, seq, vocab]
         self.forwards += 1
         token = int(logits[0, -1].argmax())
