@@ -30,6 +30,7 @@ METRICS: dict[str, tuple[str, bool]] = {
     "e2e_p90_ms": ("ms", False),
     "e2e_p99_ms": ("ms", False),
     "peak_rss_mib": ("MiB", False),
+    "tokens_per_forward": ("tok/forward", True),
 }
 
 
@@ -68,6 +69,7 @@ class RunMetrics:
     e2e_p90_ms: float
     e2e_p99_ms: float
     peak_rss_mib: float
+    tokens_per_forward: float  # output tokens per model forward: > 1 when drafts are accepted
 
     def get(self, name: str) -> float:
         if name not in METRICS:
@@ -115,4 +117,5 @@ def compute_metrics(run: RunResult) -> RunMetrics:
         e2e_p90_ms=pct_ms(e2e, 90),
         e2e_p99_ms=pct_ms(e2e, 99),
         peak_rss_mib=run.peak_rss_bytes / 2**20,
+        tokens_per_forward=output_tokens / run.forward_calls if run.forward_calls else math.nan,
     )

@@ -23,6 +23,7 @@ TABLE_COLUMNS = (
     ("e2e p50 ms", 11),
     ("e2e p99 ms", 11),
     ("roofline %", 11),
+    ("tok/fwd", 8),
 )
 
 
@@ -206,6 +207,7 @@ def format_table(record: PerformanceRecord) -> list[str]:
             f"{row['e2e_p50_ms']:.0f}",
             f"{row['e2e_p99_ms']:.0f}",
             "-" if row["roofline_pct"] is None else f"{row['roofline_pct']:.0f}",
+            f"{row['tokens_per_forward']:.2f}",
         ]
         lines.append(
             "".join(

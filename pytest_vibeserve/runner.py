@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_vibeserve.channel import Channel, ChannelClosed
-from pytest_vibeserve.contract import EngineSpec, Event, Request
+from pytest_vibeserve.contract import FORWARD_COUNTER, EngineSpec, Event, Request
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 LOG_TAIL_CHARS = 4000
@@ -66,7 +66,8 @@ class RunResult:
     started_at: float
     ended_at: float
     peak_rss_bytes: int
-    counters: dict[str, int]
+    counters: dict[str, int]  # the engine's cumulative counters after the run
+    forward_calls: int | None = None  # model forwards during this run (None: not counted)
 
     @property
     def outputs(self) -> dict[str, list[int]]:
@@ -235,6 +236,7 @@ class EngineProcess:
         if len(set(ids)) != len(ids):
             raise ValueError("request ids in one run must be unique")
         by_id = {r.request_id: r for r in requests}
+        forwards_before = self.counters().get(FORWARD_COUNTER)
         limit = concurrency or len(requests)
         offsets = list(arrival_offsets_s or [0.0] * len(requests))
         waiting = list(range(len(requests)))
@@ -266,8 +268,15 @@ class EngineProcess:
                     self._record(event, records, in_flight, by_id, arrived)
                 last_progress = arrived
             self._watch(in_flight, last_progress)
+        ended = self.clock()
         counters = self.counters()
-        return RunResult(self.name, records, started, self.clock(), self.peak_rss_bytes, counters)
+        forwards_after = counters.get(FORWARD_COUNTER)
+        forwards = None
+        if forwards_before is not None and forwards_after is not None:
+            forwards = forwards_after - forwards_before
+        return RunResult(
+            self.name, records, started, ended, self.peak_rss_bytes, counters, forwards
+        )
 
     # -- internals -------------------------------------------------------------------------
     def _record(

@@ -35,7 +35,7 @@ def test_starter_passes_and_writes_the_report(pytester, vibeserve_cache):
         [
             "vibeserve: scale=tiny seed=0 *torch=2.13.0*",
             "*candidate*baseline*=*x ±*alternating repeats",
-            "engine*tok/s*TTFT p50 ms*TPOT p50 ms*e2e p50 ms*e2e p99 ms*roofline %",
+            "engine*tok/s*TTFT p50 ms*TPOT p50 ms*e2e p50 ms*e2e p99 ms*roofline %*tok/fwd",
             "candidate *",
             "baseline *",
             "roofline: * MiB of weights / * GB/s = * ms/token*",
