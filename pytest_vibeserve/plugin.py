@@ -24,6 +24,7 @@ from pytest_vibeserve.session import (
     TestOutcome,
     VibeSession,
 )
+from pytest_vibeserve.synth_options import SynthOptions, add_synth_options
 
 session_key = pytest.StashKey[VibeSession]()
 # marker name -> (what it marks, the keyword arguments it accepts)
@@ -44,12 +45,15 @@ CHECKERS = frozenset({"tokens", "logprobs", "image", "json_schema", "words", "in
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     add_options(parser)
+    add_synth_options(parser)
 
 
 def pytest_configure(config: pytest.Config) -> None:
     for name, (doc, _) in MARKERS.items():
         config.addinivalue_line("markers", f"{name}: {doc}")
-    config.stash[session_key] = VibeSession(Options.from_config(config))
+    session = VibeSession(Options.from_config(config))
+    session.synth = SynthOptions.from_config(config)
+    config.stash[session_key] = session
 
 
 def pytest_report_header(config: pytest.Config) -> str:
@@ -69,6 +73,24 @@ def _marker_kind(item: pytest.Item) -> str | None:
     if item.get_closest_marker("vibeserve_performance"):
         return "performance"
     return None
+
+
+def pytest_collection(session: pytest.Session) -> bool | None:
+    """In synth mode the items are the loops, one per seed, instead of collected tests."""
+    synth = session.config.stash[session_key].synth
+    if synth is None:
+        return None
+    from agents import ensure_vibeserve_agents
+
+    ensure_vibeserve_agents()
+    from agents.synth import collect_synth_items
+
+    hook = session.config.hook
+    session.items = collect_synth_items(session, synth)
+    hook.pytest_collection_modifyitems(session=session, config=session.config, items=session.items)
+    hook.pytest_collection_finish(session=session)
+    session.testscollected = len(session.items)
+    return True
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -118,6 +140,24 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Itera
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
     session = config.stash[session_key]
+    if session.synth is not None:
+        from agents.synth import summarize_seeds
+
+        summary = summarize_seeds(session.synth)
+        if summary is not None:
+            terminalreporter.section("vibeserve synthesis")
+            for row in summary["seeds"]:
+                best = row["best"] or {}
+                terminalreporter.write_line(
+                    f"seed {row['seed']}: best round {best.get('round')} "
+                    f"{best.get('ratio') or float('nan'):.2f}x baseline ({best.get('commit')})"
+                )
+            if summary["ratio_median"] is not None:
+                terminalreporter.write_line(
+                    f"best ratio across {len(summary['seeds'])} seed(s): median "
+                    f"{summary['ratio_median']:.2f}x, min {summary['ratio_min']:.2f}x, "
+                    f"max {summary['ratio_max']:.2f}x"
+                )
     if not session.performance and not session.checks:
         return
     terminalreporter.section("vibeserve")

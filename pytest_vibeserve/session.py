@@ -161,6 +161,7 @@ class VibeSession:
         self.outcomes: dict[str, TestOutcome] = {}
         self.performance: list[PerformanceRecord] = []
         self.worker_reports: list[dict[str, Any]] = []  # from pytest-xdist workers
+        self.synth: Any = None  # SynthOptions in --vibeserve-synth mode
         self._limits: dict[tuple[str, int], MachineLimits] = {}
 
     def context_for(self, path: Path) -> ScenarioContext:

@@ -1,0 +1,332 @@
+"""The synthesis loop: planner -> Implementer -> Judge -> Evaluator -> accept/reject -> memory.
+
+Every phase ends in a workspace commit, every finished round in a line of rounds.jsonl, so a crash,
+a Ctrl-C or a kill -9 loses at most the round in flight, and ``resume`` picks up from the last
+consistent state. The Judge's held-out seeds come from a private RNG the Implementer never sees.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agents.backends.base import Backend, BackendError
+from agents.evaluator import Evaluator, Hint
+from agents.judge import Judge
+from agents.planner import Planner, PlannerState, Task, task_key
+from agents.report import write_reports
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    rounds: int = 24
+    wall_s: float = 6 * 3600.0
+    dollars: float = 50.0
+
+
+@dataclass(frozen=True, slots=True)
+class LoopConfig:
+    scenario: str
+    starter: Path
+    run_dir: Path  # holds workspace/ (the git repo) and private/ (never shown to the Implementer)
+    metric: str = "output_tok_per_s"  # the headline, fixed in unit and direction for the loop
+    unit: str = "tok/s"
+    higher_is_better: bool = True
+    seed: int = 0
+    retries: int = 3
+    budget: Budget = Budget()
+    min_gain: float = 0.02  # an accepted round beats the best by this much beyond the noise
+
+
+@dataclass(slots=True)
+class RoundResult:
+    round: int
+    skill: str | None
+    params: dict[str, Any] | None
+    verdict: str  # accepted / rejected / failed
+    reasons: list[str]
+    metric: str = ""
+    higher_is_better: bool = True
+    value: float | None = None
+    ratio: float | None = None
+    noise: float | None = None
+    unit: str | None = None
+    commit: str | None = None
+    tag: str | None = None
+    attempts: int = 0
+    started: float = 0.0
+    ended: float = 0.0
+    hints: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class LoopState:
+    best_ratio: float
+    best_round: int
+    hints: tuple[Hint, ...]
+    accepted_ratios: list[float]
+    last_failed_size: int | None
+    cost_usd: float = 0.0
+
+
+HINT_TEXT = re.compile(r"^(?P<keyword>[\w-]+) \(~(?P<gain>[\d.]+)x possible\): (?P<evidence>.*)$")
+
+
+def parse_hint(text: str) -> Hint:
+    """The inverse of ``Hint.describe``, for hints read back from rounds.jsonl."""
+    match = HINT_TEXT.match(text)
+    if match is None:
+        return Hint(text.split(" ")[0], 1.0, text)
+    return Hint(match["keyword"], float(match["gain"]), match["evidence"])
+
+
+def reason_for_abandon(reasons: list[str]) -> str:
+    """A named, code-level reason from the Judge's findings (a number alone is never enough)."""
+    head = reasons[0] if reasons else "rejected by the Judge"
+    return f"fails exactness on held-out inputs: {head[:300]}"
+
+
+class SynthesisLoop:
+    def __init__(
+        self,
+        config: LoopConfig,
+        *,
+        workspace: Any,
+        roadmap_store: Any,
+        planner: Planner,
+        backend: Backend,
+        judge: Judge,
+        evaluator: Evaluator,
+        clock: Callable[[], float] = time.monotonic,
+        on_progress: Callable[[str], None] = lambda line: None,
+    ) -> None:
+        self.config = config
+        self.workspace = workspace
+        self.roadmap = roadmap_store
+        self.planner = planner
+        self.backend = backend
+        self.judge = judge
+        self.evaluator = evaluator
+        self.clock = clock
+        self.on_progress = on_progress
+        self._judge_seeds = random.Random(f"judge:{config.seed}:{config.scenario}")
+        self._started = clock()
+        self._started_wall = time.time()
+
+    # -- helpers ---------------------------------------------------------------------------
+    def _private(self, round_number: int) -> Path:
+        path = self.config.run_dir / "private" / f"round-{round_number}"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def _log(self, text: str) -> None:
+        self.workspace.append_progress(text)
+        self.on_progress(text)
+
+    def _out_of_budget(self, round_number: int, state: LoopState) -> str | None:
+        budget = self.config.budget
+        if round_number > budget.rounds:
+            return f"round budget of {budget.rounds} spent"
+        if self.clock() - self._started > budget.wall_s:
+            return f"wall-time budget of {budget.wall_s:.0f} s spent"
+        if state.cost_usd > budget.dollars:
+            return f"dollar budget of ${budget.dollars:.2f} spent"
+        return None
+
+    # -- the round -------------------------------------------------------------------------
+    def measure_starter(self) -> LoopState:
+        """Round 0: the starter, measured like every candidate, recorded as accepted."""
+        evaluation = self.evaluator.evaluate(self.workspace.engine_dir, work_dir=self._private(0))
+        if not evaluation.ok:
+            raise RuntimeError(f"the starter could not be measured: {evaluation.problem}")
+        record = RoundResult(
+            0,
+            None,
+            {},
+            "accepted",
+            [],
+            metric=evaluation.metric,
+            higher_is_better=evaluation.higher_is_better,
+            value=evaluation.value,
+            ratio=evaluation.ratio,
+            noise=evaluation.noise,
+            unit=evaluation.unit,
+            commit=self.workspace.head(),
+            tag="round-0",
+            started=self._started_wall,
+            ended=time.time(),
+            hints=[hint.describe() for hint in evaluation.hints],
+        )
+        self.workspace.append_round(asdict(record))
+        self.workspace.commit_phase(0, "evaluator", f"starter: {evaluation.ratio:.2f}x baseline")
+        self._log(
+            f"round 0: starter {evaluation.value:.4g} {evaluation.unit} "
+            f"({evaluation.ratio:.2f}x baseline)"
+        )
+        return LoopState(evaluation.ratio, 0, tuple(evaluation.hints), [evaluation.ratio], None)
+
+    def state_from_records(self) -> LoopState:
+        """The loop's state rebuilt from rounds.jsonl (after a resume)."""
+        rounds = self.workspace.rounds_as_dicts()
+        accepted = [r for r in rounds if r["verdict"] == "accepted" and r["ratio"] is not None]
+        best = max(accepted, key=lambda r: r["ratio"])
+        last = rounds[-1]
+        failed_size = None
+        if last["verdict"] != "accepted" and last.get("skill"):
+            failed_size = 1 + len(last.get("params") or {})
+        return LoopState(
+            best_ratio=best["ratio"],
+            best_round=best["round"],
+            hints=tuple(parse_hint(text) for text in accepted[-1]["hints"]),
+            accepted_ratios=[r["ratio"] for r in accepted],
+            last_failed_size=failed_size,
+        )
+
+    def run_round(self, number: int, task: Task, state: LoopState) -> RoundResult:
+        result = RoundResult(
+            number,
+            task.skill,
+            task.params,
+            "failed",
+            [],
+            metric=self.config.metric,
+            higher_is_better=self.config.higher_is_better,
+            unit=self.config.unit,
+            started=time.time(),
+        )
+        feedback: list[str] = []  # the Judge's reasons, handed to the next attempt
+        implementer_error = ""
+        passed = False
+        self.roadmap.start(task.skill, number)
+        for attempt in range(1, self.config.retries + 1):
+            result.attempts = attempt
+            try:
+                implementation = self.backend.implement(task, self.workspace.engine_dir, feedback)
+            except BackendError as error:
+                implementer_error = f"implementer: {error}"
+                break
+            state.cost_usd += implementation.cost_usd
+            self.workspace.commit_phase(
+                number,
+                "implementer",
+                f"{implementation.summary} (expects: {implementation.expected})",
+            )
+            verdict = self.judge.judge(
+                self.workspace.engine_dir,
+                self.workspace.diff_since(f"round-{state.best_round}"),
+                heldout_seed=self._judge_seeds.randrange(1, 2**31),
+                work_dir=self._private(number),
+            )
+            self.workspace.commit_phase(
+                number, "judge", "passed" if verdict.passed else f"rejected: {verdict.reasons[0]}"
+            )
+            if verdict.passed:
+                passed = True
+                break
+            feedback = list(verdict.reasons)
+        if not passed:
+            if feedback:
+                result.verdict = "rejected"
+                result.reasons = feedback + ([implementer_error] if implementer_error else [])
+                if self.backend.rejection_is_final:
+                    self.roadmap.abandon(task.skill, reason_for_abandon(feedback), number)
+                else:
+                    self.roadmap.park(task.skill, f"rejected: {feedback[0][:300]}", number)
+            else:
+                result.reasons = [implementer_error]
+                self.roadmap.park(task.skill, implementer_error[:300], number)
+            return result
+        evaluation = self.evaluator.evaluate(
+            self.workspace.engine_dir, work_dir=self._private(number)
+        )
+        self.workspace.commit_phase(
+            number,
+            "evaluator",
+            f"{evaluation.metric} {evaluation.value:.4g} {evaluation.unit}, "
+            f"{evaluation.ratio:.2f}x baseline"
+            if evaluation.ok
+            else evaluation.problem[:200],
+        )
+        if not evaluation.ok:
+            result.reasons = [evaluation.problem]
+            self.roadmap.park(task.skill, "the performance run failed", number)
+            return result
+        result.value, result.ratio = evaluation.value, evaluation.ratio
+        result.noise, result.unit = evaluation.noise, evaluation.unit
+        result.hints = [hint.describe() for hint in evaluation.hints]
+        threshold = state.best_ratio * (1 + max(self.config.min_gain, evaluation.noise))
+        if evaluation.ratio > threshold:
+            result.verdict = "accepted"
+            self.roadmap.done(task.skill, f"{evaluation.ratio:.2f}x baseline", number)
+            state.hints = tuple(evaluation.hints)
+        else:
+            result.verdict = "rejected"
+            result.reasons = [
+                f"no gain beyond noise: {evaluation.ratio:.3f}x vs best {state.best_ratio:.3f}x "
+                f"(needs > {threshold:.3f}x)"
+            ]
+            self.roadmap.park(task.skill, result.reasons[0], number)
+        return result
+
+    # -- the loop --------------------------------------------------------------------------
+    def run(self, state: LoopState, first_round: int) -> LoopState:
+        number = first_round
+        while True:
+            if stop := self._out_of_budget(number, state):
+                self._log(f"stop: {stop}")
+                break
+            plan = self.planner.plan(
+                PlannerState(
+                    round=number,
+                    statuses=self.roadmap.statuses(),
+                    attempts=self.roadmap.attempts(),
+                    tried=frozenset(
+                        task_key(r["skill"], r["params"] or {})
+                        for r in self.workspace.rounds_as_dicts()
+                        if r.get("skill")
+                    ),
+                    hints=state.hints,
+                    accepted_ratios=tuple(state.accepted_ratios),
+                    last_failed_size=state.last_failed_size,
+                )
+            )
+            for note in plan.notes:
+                self._log(f"round {number} planner: {note}")
+            if plan.task is None:
+                self._log("stop: nothing left to try")
+                break
+            self._log(
+                f"round {number} planner: {plan.task.skill} {plan.task.params} — {plan.task.why}"
+            )
+            self.workspace.commit_phase(number, "planner", f"{plan.task.skill} {plan.task.params}")
+            result = self.run_round(number, plan.task, state)
+            result.ended = time.time()
+            if result.verdict == "accepted":
+                result.tag = self.workspace.accept(number, f"{result.ratio:.2f}x baseline")
+                state.best_ratio, state.best_round = result.ratio, number
+                state.accepted_ratios.append(result.ratio)
+                state.last_failed_size = None
+            else:
+                self.workspace.rollback(state.best_round, round=number)
+                state.last_failed_size = plan.task.size
+            result.commit = self.workspace.head()
+            self.workspace.append_round(asdict(result))
+            self.workspace.commit_phase(number, "loop", f"round {number} {result.verdict}")
+            self._log(
+                f"round {number}: {result.verdict} "
+                + (f"{result.ratio:.2f}x " if result.ratio else "")
+                + "; ".join(result.reasons)[:300]
+            )
+            number += 1
+        write_reports(
+            self.config.run_dir,
+            self.config.scenario,
+            self.workspace.rounds_as_dicts(),
+            {"seed": self.config.seed, "backend": self.backend.name, "cost_usd": state.cost_usd},
+        )
+        return state

@@ -1,0 +1,232 @@
+"""The loop's control flow with scripted collaborators and a real git workspace.
+
+The Implementer writes a marker into engine.py, the Judge and the Evaluator answer from a script,
+so rounds, retries, rollback, memory updates, budgets and resume are checked in seconds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from agents.backends.base import BackendError, Implementation
+from agents.evaluator import Evaluation, Hint
+from agents.judge import JudgeVerdict
+from agents.loop import Budget, LoopConfig, SynthesisLoop
+from agents.planner import Planner
+from agents.skills import Skill
+from agents.workspace import Workspace
+
+HINTS = [
+    Hint("prediction-unused", 5.0, "1.00 tokens per forward"),
+    Hint("memory-bandwidth", 2.0, "25%"),
+]
+LIBRARY = {
+    s.name: s
+    for s in (
+        Skill(
+            "block-verify",
+            "verify",
+            Path("."),
+            ("prediction-unused",),
+            (),
+            Path(__file__),
+            {"block": [8, 16]},
+        ),
+        Skill("bf16", "bf16", Path("."), ("memory-bandwidth",), (), Path(__file__), {}),
+    )
+}
+
+
+@dataclass
+class ScriptedBackend:
+    name: str = "scripted"
+    rejection_is_final: bool = True
+    calls: list = field(default_factory=list)
+    fail_skills: set = field(default_factory=set)
+
+    def implement(self, task, engine_dir: Path, feedback):
+        self.calls.append((task.skill, dict(task.params), list(feedback)))
+        if task.skill in self.fail_skills:
+            raise BackendError(f"cannot build {task.skill}")
+        engine = engine_dir / "engine.py"
+        engine.write_text(engine.read_text() + f"# {task.skill} {task.params}\n")
+        return Implementation(f"{task.skill} {task.params}", [task.skill], "faster")
+
+
+@dataclass
+class ScriptedJudge:
+    reject: set = field(default_factory=set)
+    seeds: list = field(default_factory=list)
+
+    def judge(self, engine_dir, diff, *, heldout_seed, work_dir):
+        self.seeds.append(heldout_seed)
+        text = (engine_dir / "engine.py").read_text()
+        for skill in self.reject:
+            if f"# {skill}" in text:
+                return JudgeVerdict(
+                    False, [f"test_tokens_equal_reference: {skill} changed token 3"]
+                )
+        return JudgeVerdict(True, [])
+
+
+@dataclass
+class ScriptedEvaluator:
+    ratios: dict = field(default_factory=lambda: {"": 1.0})
+
+    def evaluate(self, engine_dir, *, work_dir):
+        text = (engine_dir / "engine.py").read_text()
+        ratio = self.ratios[""]
+        for marker, value in self.ratios.items():
+            if marker and marker in text:
+                ratio = value
+        hints = HINTS if ratio < 3 else [HINTS[1]]
+        return Evaluation(
+            True, "output_tok_per_s", "tok/s", True, 10 * ratio, 10.0, ratio, 0.01, hints
+        )
+
+
+def make_loop(tmp_path, backend, judge, evaluator, budget=None, workspace=None):
+    starter = tmp_path / "starter"
+    starter.mkdir(exist_ok=True)
+    (starter / "engine.py").write_text("def create_engine(spec):\n    return None\n")
+    budget = budget or Budget(rounds=6)
+    config = LoopConfig("toy", starter, tmp_path / "run", budget=budget, retries=2)
+    if workspace is None:
+        workspace = Workspace.create(
+            tmp_path / "run" / "workspace", starter, scenario="toy", seed=0
+        )
+    roadmap = workspace.memory
+    for name in LIBRARY:
+        if name not in roadmap.statuses():
+            roadmap.add(name, f"{name} why")
+    loop = SynthesisLoop(
+        config,
+        workspace=workspace,
+        roadmap_store=roadmap,
+        planner=Planner(LIBRARY),
+        backend=backend,
+        judge=judge,
+        evaluator=evaluator,
+    )
+    return loop, workspace
+
+
+def test_accepts_gains_rejects_hacks_and_records_everything(tmp_path):
+    backend = ScriptedBackend()
+    judge = ScriptedJudge(reject={"bf16"})
+    evaluator = ScriptedEvaluator(
+        {"": 1.0, "block-verify {'block': 8}": 4.0, "block-verify {'block': 16}": 5.0}
+    )
+    loop, workspace = make_loop(tmp_path, backend, judge, evaluator)
+    loop.run(loop.measure_starter(), 1)
+    rounds = workspace.rounds_as_dicts()
+    verdicts = [(r["round"], r["skill"], r["verdict"]) for r in rounds]
+    assert verdicts[0] == (0, None, "accepted")
+    assert (1, "block-verify", "accepted") in verdicts
+    assert any(skill == "bf16" and verdict == "rejected" for _, skill, verdict in verdicts)
+    # bf16 was judged twice (retries=2), its reasons fed back, then abandoned
+    bf16_calls = [c for c in backend.calls if c[0] == "bf16"]
+    assert len(bf16_calls) == 2 and bf16_calls[1][2] == [
+        "test_tokens_equal_reference: bf16 changed token 3"
+    ]
+    assert workspace.memory.statuses()["bf16"] == "abandoned"
+    memory = (workspace.root / "memory.md").read_text()
+    assert "fails exactness on held-out inputs" in memory
+    # the rejected candidate was rolled back: the engine is the best accepted round's
+    assert "# bf16" not in (workspace.engine_dir / "engine.py").read_text()
+    assert workspace.accepted_rounds()[-1] == max(
+        r["round"] for r in rounds if r["verdict"] == "accepted"
+    )
+    # held-out seeds differ per attempt and never appear in the workspace
+    assert len(set(judge.seeds)) == len(judge.seeds)
+    assert all(
+        str(seed) not in (workspace.root / "progress.md").read_text() for seed in judge.seeds
+    )
+    report = (tmp_path / "run" / "report.json").read_text()
+    assert '"best"' in report and (tmp_path / "run" / "report.md").exists()
+
+
+def test_round_budget_stops_the_loop(tmp_path):
+    loop, workspace = make_loop(
+        tmp_path,
+        ScriptedBackend(),
+        ScriptedJudge(),
+        ScriptedEvaluator({"": 1.0, "block": 2.0}),
+        budget=Budget(rounds=1),
+    )
+    loop.run(loop.measure_starter(), 1)
+    assert [r["round"] for r in workspace.rounds_as_dicts()] == [0, 1]
+    assert "stop: round budget of 1 spent" in (workspace.root / "progress.md").read_text()
+
+
+def test_wall_budget_stops_the_loop(tmp_path):
+    ticks = iter(range(0, 10_000, 100))
+    loop, workspace = make_loop(
+        tmp_path,
+        ScriptedBackend(),
+        ScriptedJudge(),
+        ScriptedEvaluator(),
+        budget=Budget(rounds=10, wall_s=150),
+    )
+    loop.clock = lambda: next(ticks)
+    loop._started = 0
+    loop.run(loop.measure_starter(), 1)
+    assert "wall-time budget" in (workspace.root / "progress.md").read_text()
+
+
+def test_an_implementer_failure_parks_the_skill_and_the_next_task_is_smaller(tmp_path):
+    backend = ScriptedBackend(fail_skills={"block-verify"})
+    loop, workspace = make_loop(
+        tmp_path, backend, ScriptedJudge(), ScriptedEvaluator({"": 1.0, "bf16": 1.5})
+    )
+    loop.run(loop.measure_starter(), 1)
+    rounds = workspace.rounds_as_dicts()
+    assert rounds[1]["skill"] == "block-verify" and rounds[1]["verdict"] == "failed"
+    assert "implementer: cannot build block-verify" in rounds[1]["reasons"][0]
+    assert rounds[2]["skill"] == "bf16"  # size 1 < size 2 of the failed task
+    assert workspace.memory.statuses()["block-verify"] == "parked"
+
+
+def test_no_gain_is_rejected_and_rolled_back(tmp_path):
+    loop, workspace = make_loop(
+        tmp_path,
+        ScriptedBackend(),
+        ScriptedJudge(),
+        ScriptedEvaluator({"": 1.0}),
+        budget=Budget(rounds=1),
+    )
+    loop.run(loop.measure_starter(), 1)
+    last = workspace.rounds_as_dicts()[-1]
+    assert last["verdict"] == "rejected"
+    assert last["reasons"][0].startswith("no gain beyond noise")
+
+
+def test_resume_rebuilds_the_state_and_continues(tmp_path):
+    evaluator = ScriptedEvaluator(
+        {"": 1.0, "block-verify {'block': 8}": 4.0, "block-verify {'block': 16}": 5.0}
+    )
+    loop, workspace = make_loop(
+        tmp_path, ScriptedBackend(), ScriptedJudge(), evaluator, budget=Budget(rounds=1)
+    )
+    loop.run(loop.measure_starter(), 1)
+    workspace.close()
+    reopened = Workspace.open(tmp_path / "run" / "workspace")
+    state = reopened.resume_state()
+    loop2, _ = make_loop(
+        tmp_path,
+        ScriptedBackend(),
+        ScriptedJudge(),
+        evaluator,
+        budget=Budget(rounds=3),
+        workspace=reopened,
+    )
+    resumed = loop2.state_from_records()
+    assert resumed.best_ratio == pytest.approx(4.0)
+    assert resumed.hints[0].keyword == "memory-bandwidth"
+    loop2.run(resumed, state.next_round)
+    rounds = reopened.rounds_as_dicts()
+    assert [r["round"] for r in rounds] == list(range(len(rounds)))
+    assert rounds[1]["verdict"] == "accepted"  # nothing accepted before the restart was lost
