@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -75,14 +76,29 @@ def _marker_kind(item: pytest.Item) -> str | None:
     return None
 
 
+def _guard_agents_package() -> None:
+    """Fail clearly when OpenAI's Agents SDK (also named ``agents``) shadows the loop's package.
+
+    The guard is loaded by path, so it runs even when ``import agents`` finds the other package.
+    """
+    guard_file = Path(__file__).resolve().parent.parent / "agents" / "__init__.py"
+    spec = importlib.util.spec_from_file_location("_vibeserve_agents_guard", guard_file)
+    if spec is None or spec.loader is None:
+        raise pytest.UsageError(f"vibeserve's loop package is missing: {guard_file}")
+    guard = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(guard)
+    try:
+        guard.ensure_vibeserve_agents()
+    except ImportError as error:
+        raise pytest.UsageError(str(error)) from None
+
+
 def pytest_collection(session: pytest.Session) -> bool | None:
     """In synth mode the items are the loops, one per seed, instead of collected tests."""
     synth = session.config.stash[session_key].synth
     if synth is None:
         return None
-    from agents import ensure_vibeserve_agents
-
-    ensure_vibeserve_agents()
+    _guard_agents_package()
     from agents.synth import collect_synth_items
 
     hook = session.config.hook
