@@ -138,9 +138,16 @@ class SynthItem(pytest.Item):
         vibe = self.config.stash[session_key]
         synth = vibe.synth
         reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+        capture = self.config.pluginmanager.get_plugin("capturemanager")
 
         def progress(line: str) -> None:
-            if reporter is not None:
+            """A live status line: written past pytest's output capture."""
+            if reporter is None:
+                return
+            if capture is None:
+                reporter.write_line(f"[seed {self.seed}] {line}")
+                return
+            with capture.global_and_fixture_disabled():
                 reporter.write_line(f"[seed {self.seed}] {line}")
 
         report = run_one_loop(vibe.options, synth, self.seed, progress)

@@ -25,6 +25,9 @@ class Implementation:
 
 class Backend(Protocol):
     name: str
+    # True when a Judge rejection condemns the technique itself (a deterministic recipe), so the
+    # roadmap abandons it; False when another attempt may implement it better (an LLM).
+    rejection_is_final: bool
 
     def implement(self, task: Task, engine_dir: Path, feedback: list[str]) -> Implementation:
         """Edit ``engine_dir`` for ``task``; ``feedback`` holds the Judge's last reasons."""

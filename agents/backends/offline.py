@@ -18,6 +18,7 @@ RECIPE_TIMEOUT_S = 300
 
 class OfflineBackend:
     name = "offline"
+    rejection_is_final = True
 
     def __init__(self, library: dict[str, Skill]) -> None:
         self.library = library
