@@ -20,7 +20,7 @@ def test_a_round_leaves_history_reports_and_memory(pytester, tmp_path, vibeserve
         "--vibeserve-scale",
         "tiny",
         "--vibeserve-rounds",
-        "2",
+        "1",
         "--vibeserve-workdir",
         str(workdir),
         "--vibeserve-cache",
