@@ -467,3 +467,22 @@ def test_rendered_variants_pass_ruff(tmp_path):
     lint = subprocess.run([ruff, "check", *config, str(tmp_path)], capture_output=True)
     assert fmt.returncode == 0, fmt.stdout.decode() + fmt.stderr.decode()
     assert lint.returncode == 0, lint.stdout.decode()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["default", "freezing"])
+def test_compiled_engine_gives_the_reference_tokens(tmp_path, tiny_model_dir, reference, mode):
+    """torch.compile'd decode/verify forwards: exact, and compiled at load (about a minute here)."""
+    _, outputs = reference
+    prompts = list(outputs)
+    engine = render(
+        tmp_path, tiny_model_dir, kv_cache="static", verify_block=16, realign=True, compile=mode
+    )
+    rng = random.Random(5)
+    for kind in ("none", "edited", "exact"):
+        requests = [
+            Request(f"r{i}", p, MAX_NEW_TOKENS, (), predictions(kind, outputs[p].tokens, rng))
+            for i, p in enumerate(prompts)
+        ]
+        tokens, _ = drive(engine, requests)
+        assert_reference_tokens(outputs, prompts, tokens)

@@ -5,14 +5,14 @@ techniques the rendered file holds, so the next recipe knows where it starts (no
 starter). Every feature selects real code in the rendered file, never a flag read at run time:
 
 - ``kv_cache``: ``dynamic`` (HF DynamicCache, grows by concatenation) or ``static`` (HF StaticCache
-  preallocated for prompt + max_new_tokens + one verify block, written in place).
+  preallocated for prompt + max_new_tokens, written in place; rollback moves its write position).
 - ``verify_block``: 0, or K: each forward verifies up to K tokens of the request's prediction and
   emits the accepted ones plus the model's own next token.
 - ``realign`` / ``anchor``: after a mismatch, re-find the output's place in the prediction by its
   last ``anchor`` tokens, so edits in the middle do not end drafting.
 - ``prefill_chunk``: 0 = the whole prompt in one forward, N = N-token chunks (bounded activations).
-- ``lean_logits``: compute the LM head only on the rows that are read (last prompt position, draft
-  rows) instead of on every input position.
+- ``lean_logits``: compute the LM head only on the rows that are read (the last prompt position)
+  instead of on every input position; block verification always keeps only its draft rows.
 - ``threads``: None = the harness's ``spec.threads``, N = ``torch.set_num_threads(N)``.
 - ``compile``: ``none``, ``default`` (torch.compile of the decode/verify forward) or ``freezing``
   (the same with inductor freezing: weights folded as constants).
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
@@ -145,9 +146,17 @@ def write_engine(engine_dir: Path, features: EngineFeatures) -> Path:
     source = render_engine(features)
     compile(source, str(engine_dir / ENGINE_FILE), "exec")  # never leave a broken engine behind
     engine_dir.mkdir(parents=True, exist_ok=True)
-    (engine_dir / ENGINE_FILE).write_text(source)
-    (engine_dir / FEATURES_FILE).write_text(json.dumps(features.to_dict(), indent=2) + "\n")
+    # engine first, then the record of it: a kill in between leaves the old features, which the
+    # next recipe re-renders from; each file is replaced whole, never half-written
+    _replace(engine_dir / ENGINE_FILE, source)
+    _replace(engine_dir / FEATURES_FILE, json.dumps(features.to_dict(), indent=2) + "\n")
     return engine_dir / ENGINE_FILE
+
+
+def _replace(path: Path, text: str) -> None:
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(text)
+    os.replace(partial, path)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -178,7 +187,8 @@ def _docstring(f: EngineFeatures) -> str:
             f"Each step runs ONE model forward over the tokens not yet in the KV cache plus up "
             f"to {f.verify_block} draft tokens from the request's prediction, keeps the longest "
             "draft prefix the model itself picks greedily, and emits it plus the model's own next "
-            "token. The prediction is only a guess: every emitted token is an argmax of the model."
+            "token. The prediction is only a guess: every emitted token is an argmax of the model. "
+            "Only the len(draft) + 1 rows that are read go through the LM head."
         )
         paragraphs.append(
             f"After a mismatch the output's last {f.anchor} tokens re-find its place in the "
@@ -417,7 +427,7 @@ WARM_UP = '''
     def _warm_up(self) -> None:
         """Compile now, not inside a timed request. dynamo specialises 1-token inputs; longer
         ones share a second graph with a dynamic length."""
-        prompt = [0] * (COMPILED_MAX_TOKENS + 1)  # long enough to run eager, like a prefill
+        prompt = [0] * 4  # a prefill: runs eager
         for n in $sizes:
             self._forward(self.cache, prompt, keep=1)
             self._forward(self.cache, [0] * n, keep=n)
@@ -539,7 +549,9 @@ FORWARD_HEAD = '''
 '''
 
 COMPILED_PICK = """\
-        model = self.compiled_model if len(tokens) <= COMPILED_MAX_TOKENS else self.model
+        # decode/verify forwards read every row and run compiled; prefills (keep < n) stay eager
+        decode = keep == len(tokens) <= COMPILED_MAX_TOKENS
+        model = self.compiled_model if decode else self.model
 """
 
 FORWARD_FULL = """\
