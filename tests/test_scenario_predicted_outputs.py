@@ -160,3 +160,11 @@ def test_slow_engine_fails_the_gate_and_peers_join_the_table(pytester, vibeserve
         "hf_prompt_lookup",
         "hf_assisted",
     ]
+
+
+def test_engine_reporting_no_model_forward_fails_integrity(pytester, vibeserve_cache):
+    result, _ = correctness_failures(
+        pytester, vibeserve_cache, "no_forwards", "-k", "runs_its_model"
+    )
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*model_forward_calls = 0 after a run of 4 requests*"])
