@@ -494,6 +494,25 @@ class Workspace:
         self._restore_engine(_round_tag(to_round))
         return self._commit(f"round {round} loop: rollback to {_round_tag(to_round)}")
 
+    def export_engine(self, round: int, dest: Path) -> Path:
+        """Write the engine of accepted round ``round`` to ``dest`` (replaced whole): a copy the
+        Evaluator can run beside the candidate while engine/ holds the candidate."""
+        if not self._tag_exists(round):
+            raise WorkspaceError(f"round {round} has no tag: it was never accepted")
+        dest = Path(dest)
+        partial = dest.with_name(f".{dest.name}.partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        tree = self._repo.commit(self._rev(_round_tag(round))).tree / ENGINE
+        for blob in tree.traverse():
+            if blob.type != "blob":
+                continue
+            target = partial / Path(blob.path).relative_to(ENGINE)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(blob.data_stream.read())
+        shutil.rmtree(dest, ignore_errors=True)
+        os.replace(partial, dest)
+        return dest
+
     def append_round(self, record: RoundRecord | Mapping[str, Any]) -> RoundRecord:
         """Write one finished round to rounds.jsonl (flushed and fsync'ed): its commit point."""
         self._require_lock("append a round")

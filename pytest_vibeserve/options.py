@@ -79,14 +79,34 @@ def _model_path(value: str) -> Path:
 
 
 def _peers(value: str) -> tuple[str, ...] | None:
+    """Peers: reference engine names or ``label=DIR`` entries, comma-separated."""
     if value == "scenario":
         return None
     if value == "none":
         return ()
     names = tuple(name.strip() for name in value.split(",") if name.strip())
     if not names:
-        raise argparse.ArgumentTypeError("name peers separated by commas, or 'none'/'scenario'")
+        raise argparse.ArgumentTypeError(
+            "name peers separated by commas (a reference engine's name, or label=DIR for an "
+            "engine directory), or 'none'/'scenario'"
+        )
+    for name in names:
+        label, _, directory = name.partition("=")
+        if directory and not (Path(directory) / "engine.py").is_file():
+            raise argparse.ArgumentTypeError(
+                f"peer {label!r}: {directory} has no engine.py (label=DIR names an engine "
+                "directory)"
+            )
     return names
+
+
+def _baseline(value: str) -> str:
+    """A reference engine's name, or an engine directory (anything with a path separator)."""
+    if os.sep in value or value.startswith("."):
+        if not (Path(value) / "engine.py").is_file():
+            raise argparse.ArgumentTypeError(f"{value} has no engine.py: not an engine directory")
+        return str(Path(value).resolve())
+    return value
 
 
 def default_cache_dir() -> Path:
@@ -164,6 +184,14 @@ def add_options(parser: pytest.Parser) -> None:
         "Default: the scenario's list.",
     )
     add(
+        "--vibeserve-baseline",
+        metavar="ENGINE",
+        type=_baseline,
+        default=None,
+        help="the engine the candidate is compared with: a reference engine's name or an engine "
+        "directory (e.g. the best engine so far). Default: the scenario's baseline.",
+    )
+    add(
         "--vibeserve-step-timeout",
         metavar="SECONDS",
         type=_positive_float,
@@ -200,6 +228,7 @@ class Options:
     step_timeout_s: float
     memory_gib: float
     cache_dir: Path
+    baseline: str | None = None
 
     @classmethod
     def from_config(cls, config: pytest.Config) -> Options:
@@ -222,4 +251,5 @@ class Options:
             step_timeout_s=get("vibeserve_step_timeout"),
             memory_gib=get("vibeserve_memory"),
             cache_dir=(get("vibeserve_cache") or default_cache_dir()).expanduser().resolve(),
+            baseline=get("vibeserve_baseline"),
         )

@@ -6,6 +6,7 @@ workers are started lazily, reused by every test of the session, and killed at i
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,19 +96,35 @@ class ScenarioContext:
     def engine_dir(self, role: str) -> Path:
         if role == CANDIDATE:
             return self.options.engine or self.scenario.starter
-        name = self.scenario.performance.baseline if role == BASELINE else role
+        if role == BASELINE:
+            name = self.options.baseline or self.scenario.performance.baseline
+        else:
+            name = self._peer_dirs().get(role, role)
+        if os.sep in name:  # an engine directory (--vibeserve-baseline DIR, a label=DIR peer)
+            return Path(name)
         path = ENGINES_DIR / name
         if not (path / "engine.py").is_file():
             raise ScenarioError(
                 f"scenario {self.scenario.name!r} names engine {name!r}, but {path} has no "
-                "engine.py; fix [performance] baseline/peers in scenario.toml"
+                "engine.py; fix [performance] baseline/peers in scenario.toml (or the "
+                "--vibeserve-baseline / --vibeserve-peers options)"
             )
         return path
+
+    def _peer_dirs(self) -> dict[str, str]:
+        chosen = self.options.peers or ()
+        return {
+            label: str(Path(directory).resolve())
+            for label, _, directory in (entry.partition("=") for entry in chosen)
+            if directory
+        }
 
     @property
     def peers(self) -> tuple[str, ...]:
         chosen = self.options.peers
-        return self.scenario.performance.peers if chosen is None else chosen
+        if chosen is None:
+            return self.scenario.performance.peers
+        return tuple(entry.partition("=")[0] for entry in chosen)
 
     def engine(self, role: str) -> EngineProcess:
         if role not in self._engines:

@@ -178,3 +178,42 @@ def test_tokens(vibeserve_checks, actual):
     assert len(data["correctness"]["tests"]) == 4
     assert len(data["correctness"]["checks"]) == 4
     assert data["correctness"]["passed"] is False
+
+
+def test_baseline_and_peers_may_be_engine_directories(pytester):
+    """--vibeserve-baseline DIR and label=DIR peers: the loop compares a candidate with the best
+    engine so far, and the best with the starter, through these."""
+    best = pytester.mkdir("best")
+    (best / "engine.py").write_text("def create_engine(spec): ...\n")
+    make_scenario(
+        pytester,
+        "def test_x(vibeserve_context):\n"
+        "    print('BASELINE', vibeserve_context.engine_dir('baseline'))\n"
+        "    print('PEERS', vibeserve_context.peers)\n"
+        "    print('STARTER', vibeserve_context.engine_dir('starter'))\n"
+        "    print('NAMED', vibeserve_context.engine_dir('hf_greedy').name)\n",
+    )
+    result = pytester.runpytest(
+        "toy",
+        "-s",
+        "--vibeserve-scale",
+        "tiny",
+        "--vibeserve-baseline",
+        str(best),
+        "--vibeserve-peers",
+        f"starter={best}",
+    )
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(
+        [f"*BASELINE {best}", "PEERS ('starter',)", f"STARTER {best}", "NAMED hf_greedy"]
+    )
+
+
+def test_baseline_directory_without_an_engine_names_the_problem(pytester, tmp_path):
+    make_scenario(pytester, "def test_x(): pass")
+    result = pytester.runpytest("toy", "--vibeserve-baseline", str(tmp_path))
+    assert result.ret != 0
+    result.stderr.fnmatch_lines(["*has no engine.py: not an engine directory*"])
+    result = pytester.runpytest("toy", "--vibeserve-peers", f"old={tmp_path}")
+    assert result.ret != 0
+    result.stderr.fnmatch_lines(["*peer 'old'*has no engine.py*"])

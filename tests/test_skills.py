@@ -43,6 +43,7 @@ REQUIRED_SKILLS = {
     "torch-compile",
     "thread-blas-tuning",
     "bf16-weights",
+    "lean-forward",
 }
 MAX_NEW_TOKENS = 48
 
@@ -205,6 +206,9 @@ def test_realignment_turns_on_verification_when_off(tmp_path):
         ({"compile": "fast", "kv_cache": "static"}, "none, default, freezing"),
         ({"dtype": "float16"}, "float32, bfloat16"),
         ({"threads": 0}, ">= 1"),
+        ({"forward": "fast"}, "transformers, lean"),
+        ({"forward": "lean"}, "kv_cache='static'"),
+        ({"forward": "lean", "kv_cache": "static", "compile": "default"}, "runs eager"),
     ],
 )
 def test_invalid_features_name_the_valid_values(changes, named):
@@ -324,6 +328,18 @@ ENGINES = {
         "lean_logits": True,
         "prefill_chunk": 8,
     },
+    "block16-realign-leanforward": {
+        "verify_block": 16,
+        "realign": True,
+        "kv_cache": "static",
+        "forward": "lean",
+    },
+    "block4-leanforward-chunked": {
+        "verify_block": 4,
+        "kv_cache": "static",
+        "forward": "lean",
+        "prefill_chunk": 8,
+    },
 }
 
 
@@ -367,7 +383,7 @@ def test_realignment_keeps_drafting_after_edits(tmp_path, tiny_model_dir, refere
     assert used[True] < used[False]
 
 
-@pytest.mark.parametrize("kv_cache", ["dynamic", "static"])
+@pytest.mark.parametrize("kv_cache", ["dynamic", "static", "lean"])
 def test_stop_token_inside_an_accepted_block(tmp_path, tiny_model_dir, reference, kv_cache):
     from reference_impls.greedy import greedy_decode
 
@@ -378,7 +394,10 @@ def test_stop_token_inside_an_accepted_block(tmp_path, tiny_model_dir, reference
     stop = full.tokens[at]
     expected = greedy_decode(model, prompt, MAX_NEW_TOKENS, stop_token_ids=(stop,), top_k=0)
     assert len(expected.tokens) == at + 1
-    engine = render(tmp_path, tiny_model_dir, verify_block=16, realign=True, kv_cache=kv_cache)
+    cache = (
+        {"kv_cache": "static", "forward": "lean"} if kv_cache == "lean" else {"kv_cache": kv_cache}
+    )
+    engine = render(tmp_path, tiny_model_dir, verify_block=16, realign=True, **cache)
     request = Request("r0", prompt, MAX_NEW_TOKENS, (stop,), tuple(full.tokens))
     tokens, events = drive(engine, [request])
     assert tokens["r0"] == expected.tokens
@@ -422,6 +441,48 @@ def test_default_features_behave_like_the_starter(tmp_path, tiny_model_dir, refe
     assert_reference_tokens(outputs, prompts, runs["rendered"][0])
 
 
+def test_lean_forward_gives_the_logits_of_transformers(tiny_model_dir):
+    """LeanLlama is transformers' arithmetic written out: the same logits, whole prompt or split
+    into a prefill, a multi-token append at an offset and a rollback."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    source = render_engine(EngineFeatures(kv_cache="static", forward="lean"))
+    namespace: dict = {"__name__": "lean_engine"}
+    sys.modules["lean_engine"] = type(sys)("lean_engine")
+    exec(compile(source, "engine.py", "exec"), namespace)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    lean = namespace["LeanLlama"](model)
+    ids = list(range(5, 37))
+    with torch.inference_mode():
+        full = model(input_ids=torch.tensor([ids])).logits[0]
+        cache = lean.new_cache(64)
+        head = lean(cache, ids[:20], keep=20)
+        tail = lean(cache, ids[20:], keep=12)
+        cache.crop(-5)
+        assert cache.get_seq_length() == 27
+        again = lean(cache, ids[27:], keep=5)
+        assert lean(cache, [1], keep=0) is None
+    torch.testing.assert_close(head, full[:20], rtol=0, atol=1e-4)
+    torch.testing.assert_close(tail, full[20:], rtol=0, atol=1e-4)
+    torch.testing.assert_close(again, full[27:], rtol=0, atol=1e-4)
+    with pytest.raises(ValueError, match="minus the positions"):
+        cache.crop(3)
+
+
+def test_lean_forward_refuses_models_it_does_not_write_out(tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    source = render_engine(EngineFeatures(kv_cache="static", forward="lean"))
+    namespace: dict = {"__name__": "lean_engine_refuse"}
+    sys.modules["lean_engine_refuse"] = type(sys)("lean_engine_refuse")
+    exec(compile(source, "engine.py", "exec"), namespace)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    model.config.hidden_act = "gelu"
+    with pytest.raises(NotImplementedError, match=r"hidden_act 'gelu'.*forward='transformers'"):
+        namespace["LeanLlama"](model)
+
+
 def test_bf16_engine_runs(tmp_path, tiny_model_dir, reference, record_property):
     """bf16 weights run; token equality is not asserted (on CPU it diverges from fp32)."""
     _, outputs = reference
@@ -458,6 +519,11 @@ def test_rendered_variants_pass_ruff(tmp_path):
         for mode in ("none", "default", "freezing")
         for extra in ({}, {"lean_logits": True, "prefill_chunk": 64, "threads": 1})
         if mode == "none" or kv == "static"
+    ]
+    variants += [
+        dict(kv_cache="static", forward="lean", verify_block=block, realign=realign, **extra)
+        for block, realign in ((0, False), (8, False), (16, True))
+        for extra in ({}, {"prefill_chunk": 64, "threads": 1})
     ]
     variants.append({"dtype": "bfloat16", "verify_block": 4, "realign": True, "anchor": 2})
     for i, features in enumerate(variants):

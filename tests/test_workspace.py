@@ -246,6 +246,26 @@ def test_rollback_restores_only_the_engine_and_keeps_the_rejected_attempt(ws):
         ws.rollback(2)
 
 
+def test_export_engine_writes_an_accepted_round_beside_the_candidate(ws, tmp_path):
+    run_round(ws, 1, "accepted")
+    (ws.engine_dir / "sub").mkdir()
+    (ws.engine_dir / "sub" / "kernel.py").write_text("K = 2\n")
+    edit(ws, 2)  # the candidate in flight, uncommitted
+    dest = tmp_path / "best"
+    (dest / "stale").mkdir(parents=True)  # whatever was there is replaced whole
+    assert ws.export_engine(1, dest) == dest
+    assert {str(p.relative_to(dest)) for p in dest.rglob("*") if p.is_file()} == {
+        "engine.py",
+        "helpers.py",
+    }
+    assert (dest / "engine.py").read_text() == "VERSION = 1\n"
+    assert (ws.engine_dir / "engine.py").read_text() == "VERSION = 2\n"  # candidate untouched
+    ws.export_engine(0, dest)
+    assert (dest / "engine.py").read_text() == "VERSION = 0\n"
+    with pytest.raises(WorkspaceError, match="never accepted"):
+        ws.export_engine(5, dest)
+
+
 def test_diff_since_shows_untracked_files_and_leaves_the_index_alone(ws):
     edit(ws, 1)
     (ws.engine_dir / "cache.py").write_text("PROMPT_CACHE = {}\n")

@@ -16,6 +16,9 @@ starter). Every feature selects real code in the rendered file, never a flag rea
 - ``threads``: None = the harness's ``spec.threads``, N = ``torch.set_num_threads(N)``.
 - ``compile``: ``none``, ``default`` (torch.compile of the decode/verify forward) or ``freezing``
   (the same with inductor freezing: weights folded as constants).
+- ``forward``: ``transformers`` (the model's own forward) or ``lean`` (the Llama forward written out
+  over the same weights: fused QKV and gate/up matmuls, its own preallocated KV cache, no mask or
+  cache-class machinery per step; the same arithmetic, so the same logits).
 - ``dtype``: ``float32`` (the reference's precision) or ``bfloat16`` (half the bytes per weight
   read; on CPU it changes greedy tokens within a few dozen, so it is a candidate the Judge rejects).
 """
@@ -36,6 +39,7 @@ ENGINE_FILE = "engine.py"
 
 KV_CACHES = ("dynamic", "static")
 COMPILE_MODES = ("none", "default", "freezing")
+FORWARDS = ("transformers", "lean")
 DTYPES = ("float32", "bfloat16")
 MAX_VERIFY_BLOCK = 128
 COMPILED_CACHE_CAPACITY = 1024  # a compiled engine's shared KV cache; longer requests recompile
@@ -57,6 +61,7 @@ class EngineFeatures:
     threads: int | None = None  # None = the harness's spec.threads
     compile: str = "none"
     dtype: str = "float32"
+    forward: str = "transformers"
 
     def __post_init__(self) -> None:
         if self.kv_cache not in KV_CACHES:
@@ -74,6 +79,17 @@ class EngineFeatures:
             )
         if self.dtype not in DTYPES:
             raise FeatureError(f"dtype={self.dtype!r}; valid values: {', '.join(DTYPES)}")
+        if self.forward not in FORWARDS:
+            raise FeatureError(f"forward={self.forward!r}; valid values: {', '.join(FORWARDS)}")
+        if self.forward == "lean" and self.kv_cache != "static":
+            raise FeatureError(
+                "forward='lean' writes its own preallocated KV cache: set kv_cache='static' too"
+            )
+        if self.forward == "lean" and self.compile != "none":
+            raise FeatureError(
+                f"compile={self.compile!r} applies to the transformers forward; the lean forward "
+                "runs eager: set compile='none' or forward='transformers'"
+            )
         if self.realign and not self.verify_block:
             raise FeatureError(
                 "realign=True needs block verification: set verify_block > 0 (e.g. 16) first"
@@ -171,7 +187,8 @@ def render_engine(features: EngineFeatures) -> str:
     if f.compile != "none":
         methods.append(_fill(WARM_UP, sizes="(1, 2)" if f.verify_block else "(1,)"))
     engine = "class GreedyEngine:\n" + "\n\n".join(m.strip("\n") for m in methods)
-    blocks = [_cursor(f) if f.verify_block else "", _decoding(f), engine, LOGPROBS, FACTORY]
+    lean = LEAN_MODEL if f.forward == "lean" else ""
+    blocks = [lean, _cursor(f) if f.verify_block else "", _decoding(f), engine, LOGPROBS, FACTORY]
     head = _docstring(f) + "\n\n" + _imports(f) + _constants(f)
     return head + "\n\n" + "\n\n\n".join(b.strip("\n") for b in blocks if b) + "\n"
 
@@ -207,6 +224,16 @@ def _docstring(f: EngineFeatures) -> str:
         "a rollback only moves its write position back (stale entries are masked, then "
         "overwritten)."
     )
+    if f.forward == "lean":
+        paragraphs[-1] = (
+            "KV cache: LeanCache, preallocated per request and written in place; a rollback only "
+            "moves its length back (stale entries are never read)."
+        )
+        paragraphs.append(
+            "Forward: LeanLlama, the Llama forward written out over the model's own weights "
+            "(fused QKV and gate/up matmuls, no per-step mask or cache objects): the same "
+            "arithmetic as transformers, so the same logits, with fewer ops per layer."
+        )
     if f.prefill_chunk:
         paragraphs.append(f"The prompt is prefilled in chunks of {f.prefill_chunk} tokens.")
     if f.lean_logits:
@@ -235,10 +262,15 @@ def _imports(f: EngineFeatures) -> str:
         lines.append("import bisect")
     lines += ["from collections import deque", "from dataclasses import dataclass", ""]
     lines.append("import torch")
+    if f.forward == "lean":
+        lines.append("import torch.nn.functional as F")
     if f.compile == "freezing":
         lines.append("import torch._inductor.config")
-    cache = "StaticCache" if f.kv_cache == "static" else "DynamicCache"
-    lines += [f"from transformers import AutoModelForCausalLM, {cache}", ""]
+    cache = _cache_class(f)
+    if f.forward == "lean":
+        lines += ["from transformers import AutoModelForCausalLM", ""]
+    else:
+        lines += [f"from transformers import AutoModelForCausalLM, {cache}", ""]
     lines.append(
         "from pytest_vibeserve.contract import FORWARD_COUNTER, EngineSpec, Event, Request"
     )
@@ -271,10 +303,16 @@ def _cursor(f: EngineFeatures) -> str:
     return CURSOR_HEAD + CURSOR_METHODS + CURSOR_NO_REALIGN
 
 
+def _cache_class(f: EngineFeatures) -> str:
+    if f.forward == "lean":
+        return "LeanCache"
+    return "StaticCache" if f.kv_cache == "static" else "DynamicCache"
+
+
 def _decoding(f: EngineFeatures) -> str:
     return _fill(
         DECODING,
-        cache="StaticCache" if f.kv_cache == "static" else "DynamicCache",
+        cache=_cache_class(f),
         cursor="    cursor: PredictionCursor\n" if f.verify_block else "",
     )
 
@@ -292,11 +330,17 @@ def _init(f: EngineFeatures) -> str:
     if f.compile != "none":
         freezing = COMPILE_FREEZING if f.compile == "freezing" else ""
         compiled = _fill(COMPILE, freezing=freezing)
+    if f.forward == "lean":
+        compiled = (
+            "        self.lean = LeanLlama(self.model)  # the same weights, written-out forward\n"
+        )
     return _fill(ENGINE_INIT, threads=threads, dtype=dtype, compiled=compiled)
 
 
 def _start(f: EngineFeatures) -> str:
-    if f.kv_cache == "dynamic":
+    if f.forward == "lean":
+        cache = LEAN_CACHE
+    elif f.kv_cache == "dynamic":
         cache = "        cache = DynamicCache()\n"
     elif f.compile != "none":
         cache = SHARED_CACHE
@@ -304,12 +348,16 @@ def _start(f: EngineFeatures) -> str:
         cache = STATIC_CACHE_VERIFY if f.verify_block else STATIC_CACHE
     cursor = ", cursor" if f.verify_block else ""
     prompt = _fill(PROMPT_CHUNKED if f.prefill_chunk else PROMPT_WHOLE, cursor=cursor)
+    if f.forward == "lean":
+        prompt = prompt.replace(LEAN_CHUNK_OLD, LEAN_CHUNK_NEW)
     if f.verify_block:
         prompt = "        cursor = PredictionCursor(request.prediction_token_ids)\n" + prompt
     return START_HEAD + cache + prompt
 
 
 def _forward(f: EngineFeatures) -> str:
+    if f.forward == "lean":
+        return FORWARD_HEAD_LEAN + FORWARD_LEAN_MODEL
     model = "model" if f.compile != "none" else "self.model"
     pick = COMPILED_PICK if f.compile != "none" else ""
     if f.lean_logits or f.verify_block:
@@ -319,8 +367,7 @@ def _forward(f: EngineFeatures) -> str:
             call = one_line  # what ruff format would write
     else:
         call = _fill(FORWARD_FULL, model=model)
-    cache = "StaticCache" if f.kv_cache == "static" else "DynamicCache"
-    return _fill(FORWARD_HEAD, cache=cache) + pick + call
+    return _fill(FORWARD_HEAD, cache=_cache_class(f)) + pick + call
 
 
 # Fragments of the rendered file, at their final indentation; `$name` is filled in.
@@ -569,6 +616,160 @@ FORWARD_LEAN = """\
         self.forwards += 1
         return logits[0]  # [keep, vocab]
 """
+
+LEAN_CACHE = """\
+        # Preallocated once per request, then written in place. It never holds more than
+        # prompt + max_new_tokens - 1 positions (a draft stops before the last token).
+        cache = self.lean.new_cache(len(request.prompt_token_ids) + request.max_new_tokens)
+"""
+
+LEAN_CHUNK_OLD = """\
+            chunk = torch.tensor([prompt[start : start + PREFILL_CHUNK]], device=self.device)
+            self.model.model(input_ids=chunk, cache=cache, use_cache=True)
+"""
+LEAN_CHUNK_NEW = """\
+            self.lean(cache, prompt[start : start + PREFILL_CHUNK], keep=0)
+"""
+
+FORWARD_HEAD_LEAN = '''
+    def _forward(self, cache: LeanCache, tokens: list[int], keep: int) -> torch.Tensor:
+        """Append ``tokens`` to the KV cache; logits of the last ``keep`` positions."""
+'''
+
+FORWARD_LEAN_MODEL = """\
+        logits = self.lean(cache, tokens, keep)  # [keep, vocab]: the LM head on read rows only
+        self.forwards += 1
+        return logits
+"""
+
+LEAN_MODEL = '''
+class LeanCache:
+    """Keys and values of one request, [layers, 1, kv_heads, capacity, head_dim], preallocated;
+    the first ``length`` positions are valid. A rollback only moves ``length`` back."""
+
+    def __init__(self, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> None:
+        self.keys = torch.empty(shape, dtype=dtype, device=device)
+        self.values = torch.empty(shape, dtype=dtype, device=device)
+        self.length = 0
+
+    def get_seq_length(self) -> int:
+        return self.length
+
+    def crop(self, tokens_to_remove: int) -> None:
+        """As transformers' caches: ``crop(-k)`` drops the last k positions; ``crop(0)`` none."""
+        if tokens_to_remove > 0:
+            raise ValueError(f"crop({tokens_to_remove}): pass minus the positions to drop")
+        self.length += tokens_to_remove
+
+
+class LeanLlama:
+    """The Llama forward of ``model`` written out with plain tensor ops over its own weights.
+
+    The arithmetic is transformers' (RMSNorm in float32, the model's own rotary table, SDPA with
+    grouped KV heads, SiLU-gated MLP), so the logits are the same; what goes is the machinery:
+    Q/K/V and gate/up each become one matmul, the KV cache is two preallocated tensors, the mask
+    is built once per forward, and the LM head runs only on the rows that are read.
+    """
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        config = model.config
+        problems = []
+        if config.model_type != "llama":
+            problems.append(f"model_type {config.model_type!r} (only 'llama')")
+        if getattr(config, "attention_bias", False) or getattr(config, "mlp_bias", False):
+            problems.append("attention or MLP biases")
+        if config.hidden_act != "silu":
+            problems.append(f"hidden_act {config.hidden_act!r} (only 'silu')")
+        if problems:
+            raise NotImplementedError(
+                "LeanLlama writes out the plain Llama forward; this model has "
+                + ", ".join(problems)
+                + ": use forward='transformers' for it"
+            )
+        body = model.model
+        self.heads = config.num_attention_heads
+        self.kv_heads = config.num_key_value_heads
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
+        self.intermediate = config.intermediate_size
+        self.eps = config.rms_norm_eps
+        self.embed = body.embed_tokens.weight
+        self.layers = []
+        for layer in body.layers:
+            attn, mlp = layer.self_attn, layer.mlp
+            qkv = torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight])
+            gate_up = torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight])
+            self.layers.append(
+                (
+                    layer.input_layernorm.weight,
+                    qkv.contiguous(),
+                    attn.o_proj.weight,
+                    layer.post_attention_layernorm.weight,
+                    gate_up.contiguous(),
+                    mlp.down_proj.weight,
+                )
+            )
+        self.norm = body.norm.weight
+        self.head = model.lm_head.weight
+        self.rotary = body.rotary_emb
+        self.cos = self.sin = self.embed.new_empty(0, self.head_dim)
+
+    def new_cache(self, capacity: int) -> LeanCache:
+        self._rope(capacity)
+        shape = (len(self.layers), 1, self.kv_heads, capacity, self.head_dim)
+        return LeanCache(shape, self.embed.dtype, self.embed.device)
+
+    def _rope(self, positions: int) -> None:
+        """The model's own rotary table (its scaling included) for positions [0, positions)."""
+        if self.cos.shape[0] >= positions:
+            return
+        ids = torch.arange(positions, device=self.embed.device)[None]
+        cos, sin = self.rotary(self.embed[:1][None], ids)
+        self.cos, self.sin = cos[0], sin[0]
+
+    def _norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        hidden = x.to(torch.float32)
+        variance = hidden.pow(2).mean(-1, keepdim=True)
+        return weight * (hidden * torch.rsqrt(variance + self.eps)).to(x.dtype)
+
+    @staticmethod
+    def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        half = x.shape[-1] // 2
+        return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
+
+    def __call__(self, cache: LeanCache, tokens: list[int], keep: int) -> torch.Tensor | None:
+        """Append ``tokens`` to ``cache``; logits of the last ``keep`` rows (None for keep=0)."""
+        n, start = len(tokens), cache.length
+        end = start + n
+        heads, kv_heads, dim = self.heads, self.kv_heads, self.head_dim
+        x = self.embed[torch.tensor(tokens, device=self.embed.device)]  # [n, hidden]
+        cos, sin = self.cos[start:end], self.sin[start:end]
+        # row i attends to cached positions and to new positions up to start + i
+        mask = None
+        if n > 1:
+            mask = torch.ones(n, end, dtype=torch.bool, device=x.device).tril(diagonal=start)
+        q_end, k_end = heads * dim, (heads + kv_heads) * dim
+        for i, (norm_in, qkv, out, norm_post, gate_up, down) in enumerate(self.layers):
+            y = F.linear(self._norm(x, norm_in), qkv)  # [n, (heads + 2 kv_heads) * dim]
+            q = y[:, :q_end].view(n, heads, dim).transpose(0, 1)
+            k = y[:, q_end:k_end].view(n, kv_heads, dim).transpose(0, 1)
+            v = y[:, k_end:].view(n, kv_heads, dim).transpose(0, 1)
+            cache.keys[i, 0, :, start:end] = self._rotate(k, cos, sin)
+            cache.values[i, 0, :, start:end] = v
+            attended = F.scaled_dot_product_attention(
+                self._rotate(q, cos, sin)[None],
+                cache.keys[i, :, :, :end],
+                cache.values[i, :, :, :end],
+                attn_mask=mask,
+                enable_gqa=True,
+            )  # [1, heads, n, dim]
+            x = x + F.linear(attended[0].transpose(0, 1).reshape(n, heads * dim), out)
+            g = F.linear(self._norm(x, norm_post), gate_up)
+            x = x + F.linear(F.silu(g[:, : self.intermediate]) * g[:, self.intermediate :], down)
+        cache.length = end
+        if keep == 0:
+            return None
+        return F.linear(self._norm(x[-keep:], self.norm), self.head)
+'''
 
 LOGPROBS = '''
 def _top_logprobs(logits: torch.Tensor, tokens: list[int], k: int) -> list[dict[int, float]] | None:
