@@ -140,6 +140,7 @@ class Judge:
             seed=heldout_seed,
             report_path=work_dir / "judge-report.json",
             log_path=work_dir / "judge.log",
+            extra_args=("-x",),  # the first failure rejects: a wrong engine costs one test
         )
         reasons = [finding.describe() for finding in findings]
         if outcome.crashed:

@@ -41,6 +41,15 @@ class LoopConfig:
     retries: int = 3
     budget: Budget = Budget()
     min_gain: float = 0.02  # an accepted round beats the best by this much beyond the noise
+    # Measure each candidate against the best engine so far (same-run A/B, ratio chained to the
+    # baseline) instead of against the baseline: the comparison that decides acceptance, and at
+    # the cpu scale several times cheaper than re-running a slow baseline every round.
+    against_best: bool = True
+    confirm: bool = True  # at the end: the best engine vs the starter, same run
+    # The Judge's held-out seeds: a private pool drawn once per loop, one seed per judgement.
+    # A pool, not a fresh seed each time: the reference outputs of a seed cost minutes at the
+    # cpu scale and are cached; the Implementer sees none of them either way.
+    judge_seeds: int = 3
 
 
 @dataclass(slots=True)
@@ -114,7 +123,9 @@ class SynthesisLoop:
         self.evaluator = evaluator
         self.clock = clock
         self.on_progress = on_progress
-        self._judge_seeds = random.Random(f"judge:{config.seed}:{config.scenario}")
+        private_rng = random.Random(f"judge:{config.seed}:{config.scenario}")
+        self._judge_pool = [private_rng.randrange(1, 2**31) for _ in range(config.judge_seeds)]
+        self._judge_seeds = private_rng
         self._started = clock()
         self._started_wall = time.time()
 
@@ -208,6 +219,7 @@ class SynthesisLoop:
             try:
                 implementation = self.backend.implement(task, self.workspace.engine_dir, feedback)
             except BackendError as error:
+                state.cost_usd += getattr(error, "cost_usd", 0.0)  # a failed attempt still costs
                 implementer_error = f"implementer: {error}"
                 break
             state.cost_usd += implementation.cost_usd
@@ -219,7 +231,7 @@ class SynthesisLoop:
             verdict = self.judge.judge(
                 self.workspace.engine_dir,
                 self.workspace.diff_since(f"round-{state.best_round}"),
-                heldout_seed=self._judge_seeds.randrange(1, 2**31),
+                heldout_seed=self._judge_seeds.choice(self._judge_pool),
                 work_dir=self._private(number),
             )
             self.workspace.commit_phase(
@@ -241,8 +253,16 @@ class SynthesisLoop:
                 result.reasons = [implementer_error]
                 self.roadmap.park(task.skill, implementer_error[:300], number)
             return result
+        against = None
+        if self.config.against_best and state.best_round > 0:
+            against = self.workspace.export_engine(
+                state.best_round, self.config.run_dir / "private" / "best-engine"
+            )
         evaluation = self.evaluator.evaluate(
-            self.workspace.engine_dir, work_dir=self._private(number)
+            self.workspace.engine_dir,
+            work_dir=self._private(number),
+            against=against,
+            against_ratio=state.best_ratio,
         )
         self.workspace.commit_phase(
             number,
@@ -272,6 +292,36 @@ class SynthesisLoop:
             ]
             self.roadmap.park(task.skill, result.reasons[0], number)
         return result
+
+    def confirm_best(self, state: LoopState) -> dict[str, Any] | None:
+        """The best engine against the starter in one same-run A/B: the figure a user quotes."""
+        if not self.config.confirm or state.best_round == 0:
+            return None
+        private = self.config.run_dir / "private"
+        best = self.workspace.export_engine(state.best_round, private / "best-engine")
+        starter = self.workspace.export_engine(0, private / "starter-engine")
+        self._log(f"confirm: round {state.best_round} against the starter, same run")
+        evaluation = self.evaluator.evaluate(
+            best, work_dir=private / "confirm", against=starter, against_ratio=1.0
+        )
+        if not evaluation.ok:
+            self._log(f"confirm: the run failed: {evaluation.problem[:300]}")
+            return {"round": state.best_round, "ok": False, "problem": evaluation.problem[:2000]}
+        confirmed = {
+            "round": state.best_round,
+            "ok": True,
+            "ratio_vs_starter": evaluation.ratio,
+            "noise": evaluation.noise,
+            "value": evaluation.value,
+            "starter_value": evaluation.baseline,
+            "unit": evaluation.unit,
+        }
+        self._log(
+            f"confirm: round {state.best_round} is {evaluation.ratio:.2f}x the starter "
+            f"(± {evaluation.noise:.1%}; {evaluation.value:.4g} vs {evaluation.baseline:.4g} "
+            f"{evaluation.unit})"
+        )
+        return confirmed
 
     # -- the loop --------------------------------------------------------------------------
     def run(self, state: LoopState, first_round: int) -> LoopState:
@@ -323,10 +373,14 @@ class SynthesisLoop:
                 + "; ".join(result.reasons)[:300]
             )
             number += 1
+        extra = {"seed": self.config.seed, "backend": self.backend.name, "cost_usd": state.cost_usd}
         write_reports(
-            self.config.run_dir,
-            self.config.scenario,
-            self.workspace.rounds_as_dicts(),
-            {"seed": self.config.seed, "backend": self.backend.name, "cost_usd": state.cost_usd},
+            self.config.run_dir, self.config.scenario, self.workspace.rounds_as_dicts(), extra
         )
+        confirmed = self.confirm_best(state)
+        if confirmed is not None:
+            extra["confirmed"] = confirmed
+            write_reports(
+                self.config.run_dir, self.config.scenario, self.workspace.rounds_as_dicts(), extra
+            )
         return state

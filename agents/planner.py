@@ -64,8 +64,10 @@ def plateaued(ratios: tuple[float, ...]) -> bool:
 
 
 class Planner:
-    def __init__(self, library: dict[str, Skill]) -> None:
+    def __init__(self, library: dict[str, Skill], *, needs_recipe: bool = True) -> None:
         self.library = library
+        # The offline backend can only run recipes; an LLM Implementer can apply any skill.
+        self.needs_recipe = needs_recipe
 
     def _score(self, skill: Skill, hints: tuple[Hint, ...]) -> tuple[float, Hint | None]:
         matching = [hint for hint in hints if hint.keyword in skill.triggers]
@@ -86,7 +88,7 @@ class Planner:
         candidates: list[tuple[float, int, Task]] = []
         for order, skill in enumerate(self.library.values()):
             status = state.statuses.get(skill.name, "todo")
-            if status == "abandoned" or skill.recipe is None:
+            if status == "abandoned" or (self.needs_recipe and skill.recipe is None):
                 continue
             if status == "parked" and state.attempts.get(skill.name, 0) > MAX_PARKED_RETRIES:
                 continue

@@ -62,8 +62,10 @@ def run_scenario_tests(
     seed: int,
     report_path: Path,
     log_path: Path,
+    extra_args: tuple[str, ...] = (),
 ) -> PytestOutcome:
-    """``select`` is a ``-k`` expression: "correctness" (Judge) or "performance" (Evaluator)."""
+    """``select`` is a ``-k`` expression: "correctness" (Judge) or "performance" (Evaluator);
+    ``extra_args`` go after the run's own (``-x``, ``--vibeserve-baseline DIR``)."""
     command = [sys.executable, "-m", "pytest", str(run.scenario_dir), "-k", select]
     command += ["--vibeserve-engine", str(engine_dir), "--vibeserve-scale", run.scale]
     command += ["--vibeserve-seed", str(seed), "--vibeserve-report", str(report_path)]
@@ -75,7 +77,7 @@ def run_scenario_tests(
         command += ["--vibeserve-threads", str(run.threads)]
     if run.repeats is not None:
         command += ["--vibeserve-repeats", str(run.repeats)]
-    command += list(run.extra_args)
+    command += list(run.extra_args) + list(extra_args)
     report_path.unlink(missing_ok=True)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("wb") as log:

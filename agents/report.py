@@ -98,6 +98,15 @@ def write_reports(
             f"{best['ratio']:.2f}x the baseline ({best.get('value', 0):.4g} "
             f"{best.get('unit', '')})."
         )
+    confirmed = extra.get("confirmed")
+    if confirmed and confirmed.get("ok"):
+        lines.append(
+            f"Confirmed in one same-run A/B at the end: round {confirmed['round']} is "
+            f"{confirmed['ratio_vs_starter']:.2f}x the starter (noise ± {confirmed['noise']:.1%}; "
+            f"{confirmed['value']:.4g} vs {confirmed['starter_value']:.4g} {confirmed['unit']})."
+        )
+    elif confirmed:
+        lines.append(f"The confirming run failed: {confirmed.get('problem', '')[:300]}")
     lines += [
         "",
         "![ratio per round](ratio.svg)",

@@ -37,10 +37,16 @@ def run_dir_for(synth: SynthOptions, scenario: str, seed: int) -> Path:
 def make_backend(synth: SynthOptions, library: dict) -> Any:
     if synth.backend == "offline":
         return OfflineBackend(library)
-    raise pytest.UsageError(
-        f"--vibeserve-backend {synth.backend} is not available in this build yet; "
-        "use --vibeserve-backend offline"
-    )
+    if synth.backend == "cli":
+        from agents.backends.cli_agent import CliBackend
+
+        assert synth.cli_command is not None  # SynthOptions insists on it
+        return CliBackend(library, synth.cli_command)
+    if synth.backend == "anthropic":
+        from agents.backends.anthropic_api import AnthropicBackend
+
+        return AnthropicBackend(library)
+    raise pytest.UsageError(f"--vibeserve-backend {synth.backend}: no such backend")
 
 
 def open_workspace(config: LoopConfig, *, resume: bool) -> tuple[Workspace, int | None, str]:
@@ -84,9 +90,10 @@ def run_one_loop(
         higher_is_better=performance.higher_is_better,
         seed=seed,
         retries=int(scenario.loop.get("retries", 3)),
+        judge_seeds=int(scenario.loop.get("judge_seeds", 3)),
         budget=Budget(
             rounds=synth.rounds or int(scenario.loop.get("rounds", 24)),
-            wall_s=(synth.budget_minutes or 1e9) * 60,
+            wall_s=(synth.budget_minutes or scenario.loop.get("budget_minutes") or 1e9) * 60,
             dollars=synth.budget_dollars,
         ),
     )
@@ -96,9 +103,10 @@ def run_one_loop(
         options.scale,
         cache_dir=options.cache_dir,
         threads=options.threads,
-        repeats=options.repeats,
+        repeats=options.repeats or scenario.loop.get("repeats"),
         step_timeout_s=options.step_timeout_s,
     )
+    backend = make_backend(synth, library)  # a missing API key fails here, before any work
     workspace, next_round, note = open_workspace(config, resume=synth.resume)
     try:
         roadmap = workspace.memory
@@ -110,8 +118,8 @@ def run_one_loop(
             config,
             workspace=workspace,
             roadmap_store=roadmap,
-            planner=Planner(library),
-            backend=make_backend(synth, library),
+            planner=Planner(library, needs_recipe=backend.name == "offline"),
+            backend=backend,
             judge=Judge(run),
             evaluator=Evaluator(run),
             on_progress=on_progress,

@@ -69,6 +69,8 @@ __pycache__/
 .ipynb_checkpoints/
 *.egg-info/
 *{INCOMPLETE_WRITE}
+# An Implementer's hand-off note: read and deleted by its backend, never history.
+.vibeserve-implementation.json
 # Weights never belong in the history: an engine reads them from spec.model_path.
 *.safetensors
 *.gguf

@@ -21,6 +21,7 @@ from typing import Any
 
 from pytest_vibeserve.channel import Channel, ChannelClosed
 from pytest_vibeserve.contract import FORWARD_COUNTER, EngineSpec, Event, Request
+from pytest_vibeserve.profiling import EngineProfile
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 LOG_TAIL_CHARS = 4000
@@ -277,6 +278,31 @@ class EngineProcess:
         return RunResult(
             self.name, records, started, ended, self.peak_rss_bytes, counters, forwards
         )
+
+    def profile(
+        self,
+        requests: Sequence[Request],
+        *,
+        concurrency: int | None = None,
+        tool: str = "auto",
+        vocab_size: int | None = None,
+        top: int = 15,
+    ) -> tuple[RunResult, EngineProfile]:
+        """``run`` with the engine's calls under the worker's profiler (auto, torch or cprofile).
+
+        Only the profile's JSON summary comes back, and it is checked field by field.
+        """
+        if self._failure is not None:
+            raise self._failure
+        self._send({"op": "profile_start", "tool": tool, "vocab_size": vocab_size, "top": top})
+        self._wait_for("profile_started", self.limits.step_timeout_s, phase="profile")
+        result = self.run(requests, concurrency=concurrency)
+        self._send({"op": "profile_stop"})
+        message = self._wait_for("profile", self.limits.step_timeout_s, phase="profile")
+        try:
+            return result, EngineProfile.from_dict(message.get("profile"))
+        except ValueError as error:
+            raise self._fail("protocol", f"unreadable profile from the worker: {error}") from None
 
     # -- internals -------------------------------------------------------------------------
     def _record(

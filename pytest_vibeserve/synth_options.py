@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,8 +89,10 @@ def add_synth_options(parser: pytest.Parser) -> None:
         "--vibeserve-cli-command",
         metavar="TEMPLATE",
         default=None,
-        help="the cli backend's command line; {prompt_file} and {workspace} are filled in. "
-        "Default: none (required with --vibeserve-backend cli).",
+        help="the cli backend's bash command line; {prompt_file} (the task brief) and "
+        "{workspace} (the engine directory, also its working directory) are filled in, bare, "
+        "never inside quotes. Example: 'claude -p --allowedTools Edit,Write,Bash < "
+        "{prompt_file}'. Default: none (required with --vibeserve-backend cli).",
     )
 
 
@@ -118,6 +121,19 @@ class SynthOptions:
                 "--vibeserve-backend cli needs --vibeserve-cli-command 'TEMPLATE' naming the "
                 "coding agent's command line with {prompt_file} and {workspace}"
             )
+        if backend == "anthropic" and not os.environ.get("ANTHROPIC_API_KEY"):
+            raise pytest.UsageError(
+                "--vibeserve-backend anthropic needs an API key: `export ANTHROPIC_API_KEY=...` "
+                "(it reaches the Messages API only, never an engine), or use "
+                "--vibeserve-backend offline"
+            )
+        if cli_command:
+            from agents.backends.cli_agent import check_template
+
+            try:
+                check_template(cli_command)
+            except ValueError as error:
+                raise pytest.UsageError(f"--vibeserve-cli-command: {error}") from None
         return cls(
             scenario_dir=scenario_dir,
             backend=backend,

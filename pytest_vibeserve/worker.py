@@ -3,7 +3,9 @@
 The parent (``runner.EngineProcess``) starts this with cwd = the engine directory, a scrubbed
 environment and stdout/stderr sent to a log file. It sends ``init``, then ``add``/``counters``/
 ``shutdown`` commands; the worker steps the engine whenever it has work and sends every event batch
-back at once, so the parent timestamps tokens as they arrive. The worker takes no timestamps.
+back at once, so the parent timestamps tokens as they arrive. The worker takes no timestamps for
+the parent. Between ``profile_start`` and ``profile_stop`` the engine's calls run under a profiler
+(``pytest_vibeserve.profiling``) whose summary goes back as plain JSON.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import importlib.util
 import sys
 import traceback
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +49,7 @@ def load_engine(engine_dir: Path, spec: EngineSpec) -> Any:
 
 def serve(channel: Channel, engine_dir: Path) -> int:
     phase = "init"
+    profiler = None
     try:
         init = channel.receive(timeout=None)[0]
         engine = load_engine(engine_dir, EngineSpec.from_dict(init["spec"]))
@@ -56,15 +60,33 @@ def serve(channel: Channel, engine_dir: Path) -> int:
             for command in channel.receive(timeout=0 if busy else None):
                 op = command["op"]
                 if op == "add":
-                    engine.add_request(Request.from_dict(command["request"]))
+                    with profiler.engine_call() if profiler is not None else nullcontext():
+                        engine.add_request(Request.from_dict(command["request"]))
                 elif op == "counters":
                     channel.send({"type": "counters", "counters": dict(engine.counters())})
                 elif op == "shutdown":
                     return 0
+                elif op == "profile_start":
+                    from pytest_vibeserve.profiling import StepProfiler
+
+                    profiler = StepProfiler(
+                        command.get("tool", "auto"),
+                        vocab_size=command.get("vocab_size"),
+                        top=int(command.get("top", 15)),
+                        counters=dict(engine.counters()),
+                    )
+                    channel.send({"type": "profile_started", "tool": profiler.tool})
+                elif op == "profile_stop":
+                    if profiler is None:
+                        raise ValueError("profile_stop without profile_start")
+                    summary = profiler.stop(dict(engine.counters()))
+                    profiler = None
+                    channel.send({"type": "profile", "profile": summary})
                 else:
                     raise ValueError(f"unknown command {op!r}")
             if engine.has_unfinished_requests():
-                events: list[Event] = engine.step()
+                with profiler.engine_call() if profiler is not None else nullcontext():
+                    events: list[Event] = engine.step()
                 if events:
                     channel.send({"type": "events", "events": [e.to_dict() for e in events]})
     except ChannelClosed:

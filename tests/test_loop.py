@@ -76,7 +76,7 @@ class ScriptedJudge:
 class ScriptedEvaluator:
     ratios: dict = field(default_factory=lambda: {"": 1.0})
 
-    def evaluate(self, engine_dir, *, work_dir):
+    def evaluate(self, engine_dir, *, work_dir, against=None, against_ratio=1.0):
         text = (engine_dir / "engine.py").read_text()
         ratio = self.ratios[""]
         for marker, value in self.ratios.items():
@@ -140,8 +140,9 @@ def test_accepts_gains_rejects_hacks_and_records_everything(tmp_path):
     assert workspace.accepted_rounds()[-1] == max(
         r["round"] for r in rounds if r["verdict"] == "accepted"
     )
-    # held-out seeds differ per attempt and never appear in the workspace
-    assert len(set(judge.seeds)) == len(judge.seeds)
+    # held-out seeds come from the loop's private pool, vary across judgements and never
+    # appear in the workspace
+    assert set(judge.seeds) <= set(loop._judge_pool) and len(set(judge.seeds)) > 1
     assert all(
         str(seed) not in (workspace.root / "progress.md").read_text() for seed in judge.seeds
     )

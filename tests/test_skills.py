@@ -44,6 +44,7 @@ REQUIRED_SKILLS = {
     "thread-blas-tuning",
     "bf16-weights",
     "lean-forward",
+    "openblas-matmul",
 }
 MAX_NEW_TOKENS = 48
 
@@ -209,6 +210,8 @@ def test_realignment_turns_on_verification_when_off(tmp_path):
         ({"forward": "fast"}, "transformers, lean"),
         ({"forward": "lean"}, "kv_cache='static'"),
         ({"forward": "lean", "kv_cache": "static", "compile": "default"}, "runs eager"),
+        ({"matmul": "mkl"}, "torch, openblas"),
+        ({"matmul": "openblas"}, "forward='lean'"),
     ],
 )
 def test_invalid_features_name_the_valid_values(changes, named):
@@ -334,6 +337,14 @@ ENGINES = {
         "kv_cache": "static",
         "forward": "lean",
     },
+    "block16-realign-openblas": {
+        "verify_block": 16,
+        "realign": True,
+        "kv_cache": "static",
+        "forward": "lean",
+        "matmul": "openblas",
+        "threads": 1,
+    },
     "block4-leanforward-chunked": {
         "verify_block": 4,
         "kv_cache": "static",
@@ -441,15 +452,18 @@ def test_default_features_behave_like_the_starter(tmp_path, tiny_model_dir, refe
     assert_reference_tokens(outputs, prompts, runs["rendered"][0])
 
 
-def test_lean_forward_gives_the_logits_of_transformers(tiny_model_dir):
+@pytest.mark.parametrize("matmul", ["torch", "openblas"])
+def test_lean_forward_gives_the_logits_of_transformers(tiny_model_dir, matmul):
     """LeanLlama is transformers' arithmetic written out: the same logits, whole prompt or split
-    into a prefill, a multi-token append at an offset and a rollback."""
+    into a prefill, a multi-token append at an offset and a rollback; with OpenBLAS matmuls only
+    the summation order differs."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    source = render_engine(EngineFeatures(kv_cache="static", forward="lean"))
-    namespace: dict = {"__name__": "lean_engine"}
-    sys.modules["lean_engine"] = type(sys)("lean_engine")
+    source = render_engine(EngineFeatures(kv_cache="static", forward="lean", matmul=matmul))
+    name = f"lean_engine_{matmul}"
+    namespace: dict = {"__name__": name}
+    sys.modules[name] = type(sys)(name)
     exec(compile(source, "engine.py", "exec"), namespace)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
     lean = namespace["LeanLlama"](model)
@@ -523,7 +537,7 @@ def test_rendered_variants_pass_ruff(tmp_path):
     variants += [
         dict(kv_cache="static", forward="lean", verify_block=block, realign=realign, **extra)
         for block, realign in ((0, False), (8, False), (16, True))
-        for extra in ({}, {"prefill_chunk": 64, "threads": 1})
+        for extra in ({}, {"prefill_chunk": 64, "threads": 1}, {"matmul": "openblas"})
     ]
     variants.append({"dtype": "bfloat16", "verify_block": 4, "realign": True, "anchor": 2})
     for i, features in enumerate(variants):

@@ -19,9 +19,21 @@ SCENARIO = Path(__file__).resolve().parent.parent / "scenarios" / "predicted_out
         ),
         (["--vibeserve-synth", str(SCENARIO), "--vibeserve-seeds", "0"], "*'0' must be >= 1*"),
         (["--vibeserve-synth", str(SCENARIO), "--vibeserve-backend", "gpt"], "*invalid choice*"),
+        (
+            ["--vibeserve-synth", str(SCENARIO), "--vibeserve-backend", "anthropic"],
+            "*--vibeserve-backend anthropic needs an API key: `export ANTHROPIC_API_KEY=...`*",
+        ),
+        (
+            [
+                *("--vibeserve-synth", str(SCENARIO), "--vibeserve-backend", "cli"),
+                *("--vibeserve-cli-command", "agent --brief '{prompt_file}'"),
+            ],
+            "*--vibeserve-cli-command: *placeholder*quote*",
+        ),
     ],
 )
-def test_bad_synth_options_are_refused(pytester, args, message):
+def test_bad_synth_options_are_refused(pytester, monkeypatch, args, message):
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
     result = pytester.runpytest_subprocess(*args)
     assert result.ret != 0
     result.stderr.fnmatch_lines([message])
