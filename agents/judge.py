@@ -8,6 +8,7 @@ speculative decoding) pass the scan: it looks for outputs that do not come from 
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -125,9 +126,24 @@ def failing_tests(report: dict) -> list[str]:
     return reasons
 
 
+def workload_args(settings: dict) -> list[str]:
+    """``--vibeserve-workload KEY=VALUE`` arguments, values written as TOML."""
+    args = []
+    for key, value in settings.items():
+        text = json.dumps(value) if isinstance(value, str) else str(value).lower()
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            text = str(value)
+        args += ["--vibeserve-workload", f"{key}={text}"]
+    return args
+
+
 class Judge:
-    def __init__(self, run: ScenarioRun) -> None:
+    def __init__(self, run: ScenarioRun, *, workload: dict | None = None) -> None:
         self.run = run
+        # Overrides of the held-out workload (scenario.toml [loop] judge_workload): a held-out
+        # check needs fresh inputs, not the benchmark's size; each new seed's references cost
+        # minutes of greedy decoding at the cpu scale.
+        self.workload = dict(workload or {})
 
     def judge(
         self, engine_dir: Path, diff: str, *, heldout_seed: int, work_dir: Path
@@ -140,7 +156,8 @@ class Judge:
             seed=heldout_seed,
             report_path=work_dir / "judge-report.json",
             log_path=work_dir / "judge.log",
-            extra_args=("-x",),  # the first failure rejects: a wrong engine costs one test
+            # the first failure rejects: a wrong engine costs one test
+            extra_args=("-x", *workload_args(self.workload)),
         )
         reasons = [finding.describe() for finding in findings]
         if outcome.crashed:

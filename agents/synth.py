@@ -120,7 +120,7 @@ def run_one_loop(
             roadmap_store=roadmap,
             planner=Planner(library, needs_recipe=backend.name == "offline"),
             backend=backend,
-            judge=Judge(run),
+            judge=Judge(run, workload=scenario.loop.get("judge_workload", {}).get(options.scale)),
             evaluator=Evaluator(run),
             on_progress=on_progress,
         )

@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -98,6 +100,20 @@ def _peers(value: str) -> tuple[str, ...] | None:
                 "directory)"
             )
     return names
+
+
+def _workload_setting(value: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` with VALUE read as a TOML value (``requests=2``, ``prediction="as_sent"``)."""
+    key, sep, raw = value.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(
+            f"{value!r}: write KEY=VALUE, e.g. requests=2 or max_new_tokens=128"
+        )
+    try:
+        parsed = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        parsed = raw.strip()  # a bare word is a string
+    return key.strip(), parsed
 
 
 def _baseline(value: str) -> str:
@@ -192,6 +208,15 @@ def add_options(parser: pytest.Parser) -> None:
         "directory (e.g. the best engine so far). Default: the scenario's baseline.",
     )
     add(
+        "--vibeserve-workload",
+        metavar="KEY=VALUE",
+        type=_workload_setting,
+        action="append",
+        default=[],
+        help="override one setting of the scale's workload (repeatable), e.g. requests=2: a "
+        "smaller held-out check, a bigger benchmark. Default: the scenario's settings.",
+    )
+    add(
         "--vibeserve-step-timeout",
         metavar="SECONDS",
         type=_positive_float,
@@ -229,6 +254,7 @@ class Options:
     memory_gib: float
     cache_dir: Path
     baseline: str | None = None
+    workload: tuple[tuple[str, Any], ...] = ()
 
     @classmethod
     def from_config(cls, config: pytest.Config) -> Options:
@@ -252,4 +278,5 @@ class Options:
             memory_gib=get("vibeserve_memory"),
             cache_dir=(get("vibeserve_cache") or default_cache_dir()).expanduser().resolve(),
             baseline=get("vibeserve_baseline"),
+            workload=tuple(get("vibeserve_workload") or ()),
         )

@@ -6,6 +6,7 @@ workers are started lazily, reused by every test of the session, and killed at i
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -52,7 +53,12 @@ class ScenarioContext:
     def __init__(self, scenario: Scenario, options: Options) -> None:
         self.scenario = scenario
         self.options = options
-        self.scale = scenario.scale(options.scale)
+        scale = scenario.scale(options.scale)
+        if options.workload:  # --vibeserve-workload KEY=VALUE overrides
+            scale = dataclasses.replace(
+                scale, workload={**scale.workload, **dict(options.workload)}
+            )
+        self.scale = scale
         self.device = options.device or self.scale.device
         self.threads = options.threads or self.scale.threads
         self.dtype = self.scale.dtype

@@ -85,8 +85,11 @@ def test_judge_rejects_an_echoing_engine_on_held_out_inputs(tmp_path, vibeserve_
     assert any("position" in reason and "expected" in reason for reason in verdict.reasons)
 
 
-def test_judge_passes_the_starter(tmp_path, vibeserve_cache):
+def test_judge_passes_the_starter_on_its_own_held_out_workload(tmp_path, vibeserve_cache):
     run = ScenarioRun(ROOT / "scenarios" / "predicted_outputs", "tiny", cache_dir=vibeserve_cache)
-    verdict = Judge(run).judge(STARTER.parent, diff="", heldout_seed=92, work_dir=tmp_path)
+    judge = Judge(run, workload={"requests": 2, "max_new_tokens": 24})
+    verdict = judge.judge(STARTER.parent, diff="", heldout_seed=92, work_dir=tmp_path)
     assert verdict.passed, verdict.reasons
     assert verdict.report["correctness"]["passed"] is True
+    summaries = [check["summary"] for check in verdict.report["correctness"]["checks"]]
+    assert any(summary.startswith("tokens: 2/2 requests equal") for summary in summaries)

@@ -217,3 +217,28 @@ def test_baseline_directory_without_an_engine_names_the_problem(pytester, tmp_pa
     result = pytester.runpytest("toy", "--vibeserve-peers", f"old={tmp_path}")
     assert result.ret != 0
     result.stderr.fnmatch_lines(["*peer 'old'*has no engine.py*"])
+
+
+def test_workload_settings_override_the_scale(pytester):
+    make_scenario(
+        pytester,
+        "def test_x(vibeserve_context):\n"
+        "    print('WORKLOAD', sorted(vibeserve_context.scale.workload.items()))\n",
+        SCENARIO_TOML + "\n[scales.tiny.workload]\nrequests = 4\nmax_new_tokens = 64\n",
+    )
+    result = pytester.runpytest(
+        "toy",
+        "-s",
+        "--vibeserve-scale",
+        "tiny",
+        "--vibeserve-workload",
+        "requests=2",
+        "--vibeserve-workload",
+        'prediction="as_sent"',
+    )
+    result.assert_outcomes(passed=1)
+    expected = "WORKLOAD [('max_new_tokens', 64), ('prediction', 'as_sent'), ('requests', 2)]"
+    assert expected in result.stdout.str()
+    result = pytester.runpytest("toy", "--vibeserve-workload", "requests")
+    assert result.ret != 0
+    result.stderr.fnmatch_lines(["*write KEY=VALUE*"])

@@ -6,8 +6,14 @@ structure of what the loop leaves behind, never which rounds won.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
+import sys
+import time
 from pathlib import Path
+
+import pytest
 
 SCENARIO = Path(__file__).resolve().parent.parent / "scenarios" / "predicted_outputs"
 
@@ -56,3 +62,99 @@ def test_a_round_leaves_history_reports_and_memory(pytester, tmp_path, vibeserve
     # the Judge's held-out seeds stay outside the workspace the Implementer works in
     judge_report = json.loads((run_dir / "private" / "round-1" / "judge-report.json").read_text())
     assert str(judge_report["seed"]) not in (workspace / "progress.md").read_text()
+
+
+def synth_command(workdir: Path, cache: Path, rounds: int, *extra: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-p",
+        "no:cacheprovider",
+        "--vibeserve-synth",
+        str(SCENARIO),
+        "--vibeserve-scale",
+        "tiny",
+        "--vibeserve-rounds",
+        str(rounds),
+        "--vibeserve-workdir",
+        str(workdir),
+        "--vibeserve-cache",
+        str(cache),
+        *extra,
+    ]
+
+
+def read_rounds(workspace: Path) -> list[dict]:
+    path = workspace / "rounds.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.endswith("}")]
+
+
+@pytest.mark.slow
+def test_kill_9_of_the_real_loop_then_resume_loses_no_accepted_round(tmp_path, vibeserve_cache):
+    """The real loop (recipes, Judge and Evaluator pytest runs, git) killed with SIGKILL in the
+    middle of a round, process group and all; --vibeserve-resume finishes it."""
+    workdir = tmp_path / "work"
+    workspace = workdir / "predicted_outputs" / "seed-0" / "workspace"
+    loop = subprocess.Popen(
+        synth_command(workdir, vibeserve_cache, 4),
+        cwd=SCENARIO.parent.parent,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    # wait until round 1 is recorded, then kill inside round 2 (a Judge or Evaluator run)
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and len(read_rounds(workspace)) < 2:
+        assert loop.poll() is None, "the loop ended before round 1 was recorded"
+        time.sleep(0.5)
+    time.sleep(4)
+    os.killpg(loop.pid, signal.SIGKILL)
+    loop.wait()
+    before = read_rounds(workspace)
+    accepted_before = {r["round"]: r["commit"] for r in before if r["verdict"] == "accepted"}
+    assert 0 in accepted_before
+    resumed = subprocess.run(
+        synth_command(workdir, vibeserve_cache, 4, "--vibeserve-resume"),
+        cwd=SCENARIO.parent.parent,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    after = read_rounds(workspace)
+    assert after[: len(before)] == before, "a recorded round changed after resume"
+    assert [r["round"] for r in after] == list(range(len(after)))
+    assert after[-1]["round"] == 4 or "stop:" in (workspace / "progress.md").read_text()
+    tags = subprocess.run(["git", "-C", str(workspace), "tag"], capture_output=True, text=True)
+    for number, commit in accepted_before.items():
+        assert f"round-{number}" in tags.stdout.split()
+        sha = subprocess.run(
+            ["git", "-C", str(workspace), "rev-parse", f"round-{number}^{{commit}}"],
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+        assert sha == commit
+    assert "resumed at round" in (workspace / "progress.md").read_text()
+    assert (workspace.parent / "report.json").exists(), resumed.stdout[-3000:]
+
+
+@pytest.mark.slow
+def test_three_seeds_on_two_workers_report_their_spread(pytester, tmp_path, vibeserve_cache):
+    workdir = tmp_path / "work"
+    result = pytester.runpytest_subprocess(
+        *synth_command(workdir, vibeserve_cache, 1)[3:],
+        "--vibeserve-seeds",
+        "3",
+        "-n",
+        "2",
+        timeout=1800,
+    )
+    summary = json.loads((workdir / "predicted_outputs" / "summary.json").read_text())
+    assert [row["seed"] for row in summary["seeds"]] == [0, 1, 2]
+    ratios = [row["best"]["ratio"] for row in summary["seeds"]]
+    assert summary["ratio_min"] == min(ratios) and summary["ratio_max"] == max(ratios)
+    for seed in range(3):
+        assert (workdir / "predicted_outputs" / f"seed-{seed}" / "report.json").exists()
+    result.stdout.fnmatch_lines(["*vibeserve synthesis*"])
