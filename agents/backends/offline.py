@@ -33,6 +33,7 @@ class OfflineBackend:
                 f"recipe {task.skill} was rejected ({feedback[0]}); the offline backend has no "
                 "other way to implement it"
             )
+        before = _engine_state(engine_dir)
         command = [sys.executable, str(skill.recipe), "--engine-dir", str(engine_dir)]
         for key, value in task.params.items():
             command += ["--param", f"{key}={value}"]
@@ -50,9 +51,24 @@ class OfflineBackend:
             raise BackendError(
                 f"recipe {skill.recipe} printed no JSON result line: {done.stdout[-500:]!r}"
             ) from None
+        if _engine_state(engine_dir) == before:
+            # e.g. openblas-matmul already turned the lean forward on: judging and measuring the
+            # same engine again would spend a round on noise
+            raise BackendError(
+                f"recipe {skill.name} {task.params} changed nothing: the engine already has it"
+            )
         return Implementation(
             summary=result.get("summary", f"{task.skill} {task.params}"),
             skills_used=[task.skill],
             expected=result.get("expected", ""),
             details=result,
         )
+
+
+def _engine_state(engine_dir: Path) -> dict[str, bytes]:
+    """Every file of the engine (caches aside), to tell whether a recipe changed anything."""
+    return {
+        str(path.relative_to(engine_dir)): path.read_bytes()
+        for path in sorted(engine_dir.rglob("*"))
+        if path.is_file() and "__pycache__" not in path.parts
+    }
