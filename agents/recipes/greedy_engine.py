@@ -363,9 +363,11 @@ def _start(f: EngineFeatures) -> str:
     else:
         cache = STATIC_CACHE_VERIFY if f.verify_block else STATIC_CACHE
     cursor = ", cursor" if f.verify_block else ""
-    prompt = _fill(PROMPT_CHUNKED if f.prefill_chunk else PROMPT_WHOLE, cursor=cursor)
-    if f.forward == "lean":
-        prompt = prompt.replace(LEAN_CHUNK_OLD, LEAN_CHUNK_NEW)
+    if f.prefill_chunk:
+        chunk_forward = CHUNK_FORWARD_LEAN if f.forward == "lean" else CHUNK_FORWARD
+        prompt = _fill(PROMPT_CHUNKED, cursor=cursor, chunk_forward=chunk_forward)
+    else:
+        prompt = _fill(PROMPT_WHOLE, cursor=cursor)
     if f.verify_block:
         prompt = "        cursor = PredictionCursor(request.prediction_token_ids)\n" + prompt
     return START_HEAD + cache + prompt
@@ -599,10 +601,17 @@ PROMPT_CHUNKED = """\
         prompt = list(request.prompt_token_ids)
         tail = (len(prompt) - 1) // PREFILL_CHUNK * PREFILL_CHUNK
         for start in range(0, tail, PREFILL_CHUNK):
+$chunk_forward            self.forwards += 1
+        return Decoding(request, cache, prompt[tail:], []$cursor)
+"""
+
+CHUNK_FORWARD = """\
             chunk = torch.tensor([prompt[start : start + PREFILL_CHUNK]], device=self.device)
             self.model.model(input_ids=chunk, cache=cache, use_cache=True)
-            self.forwards += 1
-        return Decoding(request, cache, prompt[tail:], []$cursor)
+"""
+
+CHUNK_FORWARD_LEAN = """\
+            self.lean(cache, prompt[start : start + PREFILL_CHUNK], keep=0)
 """
 
 FORWARD_HEAD = '''
@@ -662,14 +671,6 @@ LEAN_CACHE = """\
         # Preallocated once per request, then written in place. It never holds more than
         # prompt + max_new_tokens - 1 positions (a draft stops before the last token).
         cache = self.lean.new_cache(len(request.prompt_token_ids) + request.max_new_tokens)
-"""
-
-LEAN_CHUNK_OLD = """\
-            chunk = torch.tensor([prompt[start : start + PREFILL_CHUNK]], device=self.device)
-            self.model.model(input_ids=chunk, cache=cache, use_cache=True)
-"""
-LEAN_CHUNK_NEW = """\
-            self.lean(cache, prompt[start : start + PREFILL_CHUNK], keep=0)
 """
 
 FORWARD_HEAD_LEAN = '''
