@@ -210,6 +210,7 @@ class Evaluator:
         work_dir: Path,
         against: Path | None = None,
         against_ratio: float = 1.0,
+        alone: bool = False,
     ) -> Evaluation:
         """Measure ``engine_dir``; ``ratio`` is always against the scenario's baseline.
 
@@ -217,8 +218,18 @@ class Evaluator:
         against it instead, and the ratio is chained: ``measured * against_ratio``, where
         ``against_ratio`` is that engine's own ratio to the baseline. ``relative`` keeps the
         measured ratio, which is what acceptance compares.
+
+        ``alone``: one run of the candidate without any baseline (``--vibeserve-baseline none``),
+        for the engine that *is* the baseline (the loop's starter): its figures and hints, its
+        ratio ``against_ratio`` by definition, at a quarter of an A/B's cost.
         """
-        extra = () if against is None else ("--vibeserve-baseline", str(against))
+        if alone and against is not None:
+            raise ValueError("alone=True measures no other engine: drop against")
+        extra: tuple[str, ...] = ()
+        if against is not None:
+            extra = ("--vibeserve-baseline", str(against))
+        elif alone:
+            extra = ("--vibeserve-baseline", "none", "--vibeserve-repeats", "1")
         outcome = run_scenario_tests(
             self.run,
             engine_dir,
@@ -254,15 +265,15 @@ class Evaluator:
             unit=performance["unit"],
             higher_is_better=performance["higher_is_better"],
             value=performance["candidate"],
-            baseline=performance["baseline"],
-            ratio=performance["ratio"] * against_ratio,
+            baseline=performance["candidate"] if alone else performance["baseline"],
+            ratio=(1.0 if alone else performance["ratio"]) * against_ratio,
             noise=performance["noise"],
             hints=derive_hints(report, profile),
             report=report,
             profile=profile,
             profile_problem=profile_problem,
             against=str(against or ""),
-            relative=performance["ratio"],
+            relative=1.0 if alone else performance["ratio"],
         )
 
 

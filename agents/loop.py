@@ -150,9 +150,21 @@ class SynthesisLoop:
         return None
 
     # -- the round -------------------------------------------------------------------------
+    @property
+    def baseline_name(self) -> str:
+        """What the loop's ratios are relative to."""
+        return "starter" if self.config.against_best else "baseline"
+
     def measure_starter(self) -> LoopState:
-        """Round 0: the starter, measured like every candidate, recorded as accepted."""
-        evaluation = self.evaluator.evaluate(self.workspace.engine_dir, work_dir=self._private(0))
+        """Round 0: the starter, recorded as accepted.
+
+        Measured against best (the default), every ratio of the loop is chained to the starter,
+        so round 0 needs no A/B: one run alone gives its figures and hints, and its ratio is 1.
+        Otherwise it is measured against the scenario's baseline like every candidate.
+        """
+        evaluation = self.evaluator.evaluate(
+            self.workspace.engine_dir, work_dir=self._private(0), alone=self.config.against_best
+        )
         if not evaluation.ok:
             raise RuntimeError(f"the starter could not be measured: {evaluation.problem}")
         record = RoundResult(
@@ -174,11 +186,12 @@ class SynthesisLoop:
             hints=[hint.describe() for hint in evaluation.hints],
         )
         self.workspace.append_round(asdict(record))
-        self.workspace.commit_phase(0, "evaluator", f"starter: {evaluation.ratio:.2f}x baseline")
-        self._log(
-            f"round 0: starter {evaluation.value:.4g} {evaluation.unit} "
-            f"({evaluation.ratio:.2f}x baseline)"
-        )
+        if self.config.against_best:
+            note = "the loop's baseline"
+        else:
+            note = f"{evaluation.ratio:.2f}x baseline"
+        self.workspace.commit_phase(0, "evaluator", f"starter: {note}")
+        self._log(f"round 0: starter {evaluation.value:.4g} {evaluation.unit} ({note})")
         return LoopState(evaluation.ratio, 0, tuple(evaluation.hints), [evaluation.ratio], None)
 
     def state_from_records(self) -> LoopState:
@@ -254,7 +267,7 @@ class SynthesisLoop:
                 self.roadmap.park(task.skill, implementer_error[:300], number)
             return result
         against = None
-        if self.config.against_best and state.best_round > 0:
+        if self.config.against_best:  # the starter too: round 0 is the loop's baseline
             against = self.workspace.export_engine(
                 state.best_round, self.config.run_dir / "private" / "best-engine"
             )
@@ -268,7 +281,7 @@ class SynthesisLoop:
             number,
             "evaluator",
             f"{evaluation.metric} {evaluation.value:.4g} {evaluation.unit}, "
-            f"{evaluation.ratio:.2f}x baseline"
+            f"{evaluation.ratio:.2f}x {self.baseline_name}"
             if evaluation.ok
             else evaluation.problem[:200],
         )
@@ -282,7 +295,7 @@ class SynthesisLoop:
         threshold = state.best_ratio * (1 + max(self.config.min_gain, evaluation.noise))
         if evaluation.ratio > threshold:
             result.verdict = "accepted"
-            self.roadmap.done(task.skill, f"{evaluation.ratio:.2f}x baseline", number)
+            self.roadmap.done(task.skill, f"{evaluation.ratio:.2f}x {self.baseline_name}", number)
             state.hints = tuple(evaluation.hints)
         else:
             result.verdict = "rejected"
@@ -357,7 +370,9 @@ class SynthesisLoop:
             result = self.run_round(number, plan.task, state)
             result.ended = time.time()
             if result.verdict == "accepted":
-                result.tag = self.workspace.accept(number, f"{result.ratio:.2f}x baseline")
+                result.tag = self.workspace.accept(
+                    number, f"{result.ratio:.2f}x {self.baseline_name}"
+                )
                 state.best_ratio, state.best_round = result.ratio, number
                 state.accepted_ratios.append(result.ratio)
                 state.last_failed_size = None
@@ -373,7 +388,12 @@ class SynthesisLoop:
                 + "; ".join(result.reasons)[:300]
             )
             number += 1
-        extra = {"seed": self.config.seed, "backend": self.backend.name, "cost_usd": state.cost_usd}
+        extra = {
+            "seed": self.config.seed,
+            "backend": self.backend.name,
+            "cost_usd": state.cost_usd,
+            "baseline": self.baseline_name,
+        }
         write_reports(
             self.config.run_dir, self.config.scenario, self.workspace.rounds_as_dicts(), extra
         )

@@ -89,13 +89,14 @@ def write_reports(
     partial = run_dir / "report.json.partial"
     partial.write_text(json.dumps(report, indent=2) + "\n")
     partial.replace(run_dir / "report.json")
-    svg = plot_svg(rounds, "ratio vs baseline")
+    baseline = extra.get("baseline", "baseline")
+    svg = plot_svg(rounds, f"ratio vs {baseline}")
     (run_dir / "ratio.svg").write_text(svg)
     lines = [f"# vibeserve synthesis: {scenario}", ""]
     if best is not None:
         lines.append(
             f"Best: round {best['round']} ({best.get('commit', '')[:10]}), "
-            f"{best['ratio']:.2f}x the baseline ({best.get('value', 0):.4g} "
+            f"{best['ratio']:.2f}x the {baseline} ({best.get('value', 0):.4g} "
             f"{best.get('unit', '')})."
         )
     confirmed = extra.get("confirmed")

@@ -3,6 +3,10 @@
 Order per repeat is ABBA-style (candidate first on even repeats, baseline first on odd ones) so
 slow drifts of the machine (thermal, a neighbour job) hit both sides alike. ``ratio`` is always
 oriented so that > 1 means the candidate is better, whatever the metric's direction.
+
+Without a baseline (``--vibeserve-baseline none``) ``measure_alone`` records the candidate's own
+figures: no ratio, and a noise that is the spread of its repeats. The synthesis loop measures its
+starter that way (the starter is the loop's baseline: its ratio is 1 by definition).
 """
 
 from __future__ import annotations
@@ -22,9 +26,9 @@ class Comparison:
     unit: str
     higher_is_better: bool
     candidate: float  # median over repeats, in `unit`
-    baseline: float
-    ratio: float  # > 1: the candidate is better
-    noise: float  # relative half-spread of the per-repeat ratios
+    baseline: float | None  # None: measured alone, no baseline
+    ratio: float | None  # > 1: the candidate is better; None without a baseline
+    noise: float  # relative half-spread of the per-repeat ratios (alone: of the candidate's values)
     repeats: int
     candidate_runs: list[RunMetrics]
     baseline_runs: list[RunMetrics]
@@ -102,6 +106,11 @@ class RatioGate:
     min_ratio: float
 
     def fails(self, comparison: Comparison) -> str | None:
+        if comparison.ratio is None:
+            raise ValueError(
+                "a ratio gate needs a baseline; this run measured the candidate alone "
+                "(--vibeserve-baseline none)"
+            )
         upper = comparison.ratio * (1 + comparison.noise)
         if upper >= self.min_ratio:
             return None
@@ -128,6 +137,40 @@ class NoiseGate:
             f"max_noise={self.max_noise:.1%}; the machine is too busy or the workload too short "
             "(raise --vibeserve-repeats or the workload size)"
         )
+
+
+def measure_alone(
+    run_candidate: Callable[[], RunResult],
+    *,
+    metric: str,
+    unit: str,
+    higher_is_better: bool,
+    repeats: int,
+    peers: dict[str, Callable[[], RunResult]] | None = None,
+) -> Comparison:
+    """The candidate (and peers) without a baseline: its median and the spread of its repeats."""
+    if repeats < 1:
+        raise ValueError("repeats must be >= 1")
+    candidate_runs = [compute_metrics(run_candidate()) for _ in range(repeats)]
+    values = [m.get(metric) for m in candidate_runs]
+    center = median(values)
+    peer_runs = {
+        name: [compute_metrics(fn()) for _ in range(max(1, repeats // 2))]
+        for name, fn in (peers or {}).items()
+    }
+    return Comparison(
+        metric=metric,
+        unit=unit,
+        higher_is_better=higher_is_better,
+        candidate=center,
+        baseline=None,
+        ratio=None,
+        noise=(max(values) - min(values)) / 2 / center if center > 0 else 0.0,
+        repeats=repeats,
+        candidate_runs=candidate_runs,
+        baseline_runs=[],
+        peers=peer_runs,
+    )
 
 
 def gates_from_spec(gates: Gates) -> Sequence[RatioGate | NoiseGate]:

@@ -117,7 +117,8 @@ def _workload_setting(value: str) -> tuple[str, Any]:
 
 
 def _baseline(value: str) -> str:
-    """A reference engine's name, or an engine directory (anything with a path separator)."""
+    """A reference engine's name, an engine directory (anything with a path separator), or
+    ``none`` (measure the candidate alone)."""
     if os.sep in value or value.startswith("."):
         if not (Path(value) / "engine.py").is_file():
             raise argparse.ArgumentTypeError(f"{value} has no engine.py: not an engine directory")
@@ -189,7 +190,8 @@ def add_options(parser: pytest.Parser) -> None:
         metavar="N",
         type=_positive_int,
         default=None,
-        help="alternating candidate/baseline repeats (>= 2). Default: the scenario's.",
+        help="alternating candidate/baseline repeats (>= 2; >= 1 with --vibeserve-baseline none). "
+        "Default: the scenario's.",
     )
     add(
         "--vibeserve-peers",
@@ -204,8 +206,9 @@ def add_options(parser: pytest.Parser) -> None:
         metavar="ENGINE",
         type=_baseline,
         default=None,
-        help="the engine the candidate is compared with: a reference engine's name or an engine "
-        "directory (e.g. the best engine so far). Default: the scenario's baseline.",
+        help="the engine the candidate is compared with: a reference engine's name, an engine "
+        "directory (e.g. the best engine so far), or 'none' to measure the candidate alone (no "
+        "ratio; --vibeserve-repeats may then be 1). Default: the scenario's baseline.",
     )
     add(
         "--vibeserve-workload",
@@ -260,9 +263,11 @@ class Options:
     def from_config(cls, config: pytest.Config) -> Options:
         get = config.getoption
         repeats = get("vibeserve_repeats")
-        if repeats is not None and repeats < 2:
+        alone = get("vibeserve_baseline") == "none"
+        if repeats is not None and repeats < 2 and not alone:
             raise pytest.UsageError(
-                "--vibeserve-repeats must be >= 2: the noise band needs at least two repeats"
+                "--vibeserve-repeats must be >= 2: the noise band needs at least two repeats "
+                "(1 is allowed only with --vibeserve-baseline none)"
             )
         return cls(
             engine=get("vibeserve_engine"),

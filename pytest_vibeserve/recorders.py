@@ -12,7 +12,13 @@ from typing import Any
 import pytest
 
 from pytest_vibeserve.checkers.result import CheckResult, Failure, build_result
-from pytest_vibeserve.compare import Comparison, compare_alternating, gates_from_spec
+from pytest_vibeserve.compare import (
+    Comparison,
+    RatioGate,
+    compare_alternating,
+    gates_from_spec,
+    measure_alone,
+)
 from pytest_vibeserve.contract import FORWARD_COUNTER
 from pytest_vibeserve.runner import RunResult
 from pytest_vibeserve.session import (
@@ -131,22 +137,22 @@ class Perf:
         metric = metric or spec.metric
         unit, higher_is_better = METRICS[metric]
         repeats = self._session.options.repeats or spec.repeats
-        roles = [CANDIDATE, BASELINE, *context.peers]
+        roles = [CANDIDATE, *([BASELINE] if context.has_baseline else []), *context.peers]
         for role in roles:
             context.warm_up(role, workload)
 
         def runner(role: str):
             return lambda: context.run(role, workload, cached=False)
 
-        comparison: Comparison = compare_alternating(
-            runner(CANDIDATE),
-            runner(BASELINE),
-            metric=metric,
-            unit=unit,
-            higher_is_better=higher_is_better,
-            repeats=repeats,
-            peers={peer: runner(peer) for peer in context.peers},
-        )
+        measured = dict(metric=metric, unit=unit, higher_is_better=higher_is_better)
+        peers = {peer: runner(peer) for peer in context.peers}
+        comparison: Comparison
+        if context.has_baseline:
+            comparison = compare_alternating(
+                runner(CANDIDATE), runner(BASELINE), repeats=repeats, peers=peers, **measured
+            )
+        else:
+            comparison = measure_alone(runner(CANDIDATE), repeats=repeats, peers=peers, **measured)
         record = PerformanceRecord(
             nodeid=self._nodeid,
             workload=workload.name,
@@ -160,6 +166,13 @@ class Perf:
 
     def gate(self, record: PerformanceRecord) -> None:
         gates = gates_from_spec(self._context.scenario.performance.gates)
+        if record.comparison.ratio is None:  # measured alone: nothing to hold a ratio against
+            record.gates_skipped = [
+                f"min_ratio={g.min_ratio:g}: no baseline in this run (--vibeserve-baseline none)"
+                for g in gates
+                if isinstance(g, RatioGate)
+            ]
+            gates = [g for g in gates if not isinstance(g, RatioGate)]
         record.gate_failures = [msg for gate in gates if (msg := gate.fails(record.comparison))]
         if record.gate_failures:
             pytest.fail("\n".join(record.gate_failures), pytrace=False)

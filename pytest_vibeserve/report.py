@@ -63,6 +63,7 @@ def table_rows(record: PerformanceRecord) -> list[dict[str, Any]]:
     comparison = record.comparison
     runs = {CANDIDATE: comparison.candidate_runs, BASELINE: comparison.baseline_runs}
     runs.update(comparison.peers)
+    runs = {role: role_runs for role, role_runs in runs.items() if role_runs}
     rows = []
     for role, role_runs in runs.items():
         summary = median_metrics(role_runs)
@@ -135,6 +136,7 @@ def performance_section(session: VibeSession) -> dict[str, Any] | None:
         "gates_passed": all(not r.gate_failures for r in session.performance)
         and all(o.outcome == "passed" for o in tests),
         "gate_failures": [msg for r in session.performance for msg in r.gate_failures],
+        "gates_skipped": [msg for r in session.performance for msg in r.gates_skipped],
         "table": table_rows(headline),
         "workload": headline.workload,
         "workload_stats": headline.workload_stats,
@@ -186,13 +188,22 @@ def write_report(report: dict[str, Any], path: Path) -> None:
 
 def format_table(record: PerformanceRecord) -> list[str]:
     comparison = record.comparison
-    lines = [
+    head = (
         f"workload {record.workload}: headline {comparison.metric} ({comparison.unit}, "
         f"{'higher' if comparison.higher_is_better else 'lower'} is better): candidate "
-        f"{comparison.candidate:.4g} vs baseline {comparison.baseline:.4g} = "
-        f"{comparison.ratio:.3f}x ± {comparison.noise:.1%} over {comparison.repeats} "
-        "alternating repeats"
-    ]
+        f"{comparison.candidate:.4g}"
+    )
+    if comparison.baseline is None or comparison.ratio is None:
+        head += (
+            f" ± {comparison.noise:.1%} over {comparison.repeats} repeat(s), measured alone "
+            "(no baseline)"
+        )
+    else:
+        head += (
+            f" vs baseline {comparison.baseline:.4g} = {comparison.ratio:.3f}x ± "
+            f"{comparison.noise:.1%} over {comparison.repeats} alternating repeats"
+        )
+    lines = [head]
     header = "".join(
         name.rjust(width) if i else name.ljust(width)
         for i, (name, width) in enumerate(TABLE_COLUMNS)

@@ -26,6 +26,7 @@ from pytest_vibeserve.workload import Workload
 ENGINES_DIR = Path(__file__).resolve().parent.parent / "reference_impls" / "engines"
 CANDIDATE = "candidate"
 BASELINE = "baseline"
+NO_BASELINE = "none"  # --vibeserve-baseline none: measure the candidate alone
 
 
 @dataclass(slots=True)
@@ -45,6 +46,7 @@ class PerformanceRecord:
     engines: dict[str, str]  # role -> engine directory
     gate_failures: list[str] = field(default_factory=list)
     workload_stats: dict[str, Any] = field(default_factory=dict)
+    gates_skipped: list[str] = field(default_factory=list)  # not applicable, with why
 
 
 class ScenarioContext:
@@ -98,6 +100,11 @@ class ScenarioContext:
                 threads=self.threads,
             )
         return self._reference
+
+    @property
+    def has_baseline(self) -> bool:
+        """False with ``--vibeserve-baseline none``: the candidate is measured alone."""
+        return self.options.baseline != NO_BASELINE
 
     def engine_dir(self, role: str) -> Path:
         if role == CANDIDATE:

@@ -1,7 +1,11 @@
 """The reference greedy decoder: one prefill forward, then one forward per token with a KV cache.
 
 `GreedyStepper` is the single decoding code path: `greedy_decode` (the reference) and the baseline
-engine `engines/hf_greedy` both drive it, so their tokens cannot drift apart.
+engine `engines/hf_greedy` both drive it, so their tokens cannot drift apart. `greedy_decode_batch`
+decodes several prompts in one left-padded batch (each row its own positions and mask): the same
+model, the same greedy rule, about 3-5x the throughput at the cpu scale; only the summation order
+of its matmuls differs, so its tokens equal the stepper's except where top-1 and top-2 are
+within float rounding, a near-tie the token checker excuses by its margin.
 """
 
 from __future__ import annotations
@@ -147,3 +151,86 @@ def greedy_decode(
         out.margins.append(result.margin)
         out.top_logprobs.append(result.top_logprobs)
     return out
+
+
+@dataclass(frozen=True, slots=True)
+class BatchItem:
+    prompt_ids: Sequence[int]
+    max_new_tokens: int
+    stop_token_ids: Sequence[int] = ()
+    top_k: int = 5  # logprobs kept per position
+
+
+def greedy_decode_batch(
+    model: PreTrainedModel, items: Sequence[BatchItem]
+) -> list[ReferenceOutput]:
+    """Greedy outputs of several prompts decoded together, as ``greedy_decode`` gives each alone.
+
+    Prompts are left-padded to one length; the attention mask hides the padding and every row gets
+    its own position ids (transformers would otherwise number a padded row's tokens from 0 at the
+    padding). A row that finishes leaves the batch (and the KV cache) at once.
+    """
+    if not items:
+        return []
+    for item in items:
+        if not item.prompt_ids:
+            raise ValueError("an item's prompt_ids is empty")
+        if item.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {item.max_new_tokens}")
+    device = model.device
+    lengths = [len(item.prompt_ids) for item in items]
+    width = max(lengths)
+    pad = 0  # any id: padded positions are masked out and never read
+    input_ids = torch.tensor(
+        [
+            [pad] * (width - n) + [int(t) for t in item.prompt_ids]
+            for n, item in zip(lengths, items, strict=True)
+        ],
+        dtype=torch.long,
+        device=device,
+    )
+    mask = torch.tensor(
+        [[0] * (width - n) + [1] * n for n in lengths], dtype=torch.long, device=device
+    )
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)  # [batch, width]: 0.. on each row's own tokens
+    outputs = [ReferenceOutput(tokens=[], margins=[], top_logprobs=[]) for _ in items]
+    stops = [frozenset(int(t) for t in item.stop_token_ids) for item in items]
+    rows = list(range(len(items)))  # the item of each batch row still decoding
+    cache = DynamicCache(config=model.config)
+    with torch.inference_mode():
+        while True:
+            logits = (
+                model(
+                    input_ids=input_ids,
+                    attention_mask=mask,
+                    position_ids=positions,
+                    cache=cache,
+                    use_cache=True,
+                    logits_to_keep=1,
+                )
+                .logits[:, -1]
+                .float()
+            )  # [rows, vocab]
+            keep, next_ids = [], []
+            for at, index in enumerate(rows):
+                token = int(torch.argmax(logits[at]))
+                top2 = torch.topk(logits[at], 2).values
+                out = outputs[index]
+                out.tokens.append(token)
+                out.margins.append(float(top2[0] - top2[1]))
+                out.top_logprobs.append(top_logprobs_of(logits[at], token, items[index].top_k))
+                if len(out.tokens) < items[index].max_new_tokens and token not in stops[index]:
+                    keep.append(at)
+                    next_ids.append(token)
+            if len(keep) < len(rows):
+                if keep:
+                    selected = torch.tensor(keep, dtype=torch.long, device=device)
+                    cache.batch_select_indices(selected)
+                    mask, positions = mask[selected], positions[selected]
+                rows = [rows[at] for at in keep]
+                if not rows:
+                    break
+            input_ids = torch.tensor(next_ids, dtype=torch.long, device=device)[:, None]
+            mask = torch.cat([mask, mask.new_ones(len(rows), 1)], dim=1)
+            positions = positions[:, -1:] + 1
+    return outputs

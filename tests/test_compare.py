@@ -13,6 +13,7 @@ from pytest_vibeserve.compare import (
     NoiseGate,
     RatioGate,
     compare_alternating,
+    measure_alone,
     oriented_ratio,
 )
 from pytest_vibeserve.metrics import compute_metrics, percentile
@@ -95,6 +96,39 @@ def test_alternating_comparison_orders_runs_abba_and_measures_noise():
     assert comparison.ratio == pytest.approx(2.0)
     assert comparison.noise == pytest.approx((2.5 - 2.0) / 2 / 2.0)
     assert len(comparison.candidate_runs) == len(comparison.baseline_runs) == 3
+
+
+def test_measured_alone_has_no_ratio_and_its_own_spread():
+    speeds = iter([0.010, 0.008, 0.012])
+    runs = []
+
+    def run():
+        runs.append(1)
+        return fake_run(next(speeds))
+
+    alone = measure_alone(
+        run, metric="output_tok_per_s", unit="tok/s", higher_is_better=True, repeats=3
+    )
+    assert len(runs) == 3 and alone.baseline is None and alone.ratio is None
+    assert alone.baseline_runs == [] and len(alone.candidate_runs) == 3
+    values = sorted(m.output_tok_per_s for m in alone.candidate_runs)
+    assert alone.candidate == pytest.approx(values[1])
+    assert alone.noise == pytest.approx((values[2] - values[0]) / 2 / values[1])
+    once = measure_alone(
+        lambda: fake_run(0.01),
+        metric="output_tok_per_s",
+        unit="tok/s",
+        higher_is_better=True,
+        repeats=1,
+    )
+    assert once.noise == 0.0 and once.repeats == 1
+    with pytest.raises(ValueError, match="repeats must be >= 1"):
+        measure_alone(
+            run, metric="output_tok_per_s", unit="tok/s", higher_is_better=True, repeats=0
+        )
+    # a ratio gate has nothing to judge without a baseline, and says so instead of passing
+    with pytest.raises(ValueError, match="needs a baseline"):
+        RatioGate(0.7).fails(alone)
 
 
 def test_latency_metric_comparison_is_direction_aware():

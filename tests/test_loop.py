@@ -75,8 +75,10 @@ class ScriptedJudge:
 @dataclass
 class ScriptedEvaluator:
     ratios: dict = field(default_factory=lambda: {"": 1.0})
+    calls: list = field(default_factory=list)
 
-    def evaluate(self, engine_dir, *, work_dir, against=None, against_ratio=1.0):
+    def evaluate(self, engine_dir, *, work_dir, against=None, against_ratio=1.0, alone=False):
+        self.calls.append({"alone": alone, "against": against, "against_ratio": against_ratio})
         text = (engine_dir / "engine.py").read_text()
         ratio = self.ratios[""]
         for marker, value in self.ratios.items():
@@ -148,6 +150,13 @@ def test_accepts_gains_rejects_hacks_and_records_everything(tmp_path):
     )
     report = (tmp_path / "run" / "report.json").read_text()
     assert '"best"' in report and (tmp_path / "run" / "report.md").exists()
+    # round 0 measured the starter alone (it is the loop's baseline); each later candidate ran
+    # against the best engine so far, its ratio chained to the starter
+    assert evaluator.calls[0] == {"alone": True, "against": None, "against_ratio": 1.0}
+    assert all(not c["alone"] for c in evaluator.calls[1:])
+    assert all(c["against"] is not None for c in evaluator.calls[1:])
+    assert '"baseline": "starter"' in report
+    assert "x the starter" in (tmp_path / "run" / "report.md").read_text()
 
 
 def test_round_budget_stops_the_loop(tmp_path):

@@ -15,7 +15,13 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from pytest_vibeserve.contract import FORWARD_COUNTER, EngineSpec, Event, Request
-from reference_impls.greedy import ReferenceOutput, greedy_decode, load_model
+from reference_impls.greedy import (
+    BatchItem,
+    ReferenceOutput,
+    greedy_decode,
+    greedy_decode_batch,
+    load_model,
+)
 from reference_impls.models import (
     ReferenceModelUnavailable,
     default_cache_dir,
@@ -153,7 +159,7 @@ def test_reference_cli_round_trip(
     cmd += ["--requests", str(tmp_path / "in.json"), "--out", str(tmp_path / "out.json")]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=120)
     assert proc.returncode == 0, proc.stderr
-    assert "[reference 2/2] b" in proc.stderr
+    assert "[reference 2/2] 2 request(s)" in proc.stderr
     out = json.loads((tmp_path / "out.json").read_text())
     assert set(out) == {"a", "b"}
     for request in requests:
@@ -167,6 +173,66 @@ def test_reference_cli_round_trip(
         assert got.tokens == want.tokens
         assert got.margins == pytest.approx(want.margins, abs=1e-5)
         assert [list(d) for d in got.top_logprobs] == [list(d) for d in want.top_logprobs]
+
+
+def test_batched_greedy_equals_one_at_a_time(
+    tiny_model: PreTrainedModel, prompt_ids: list[list[int]]
+) -> None:
+    """Left padding, per-row positions, a row that stops early and leaves the batch: every row's
+    tokens are greedy_decode's, its margins and logprobs equal up to float rounding."""
+    alone = greedy_decode(tiny_model, prompt_ids[0], 40, top_k=3)
+    stop = alone.tokens[12]  # the first row stops here, mid-batch
+    items = [
+        BatchItem(prompt_ids[0], 40, (stop,), top_k=3),
+        BatchItem(prompt_ids[1], 33, top_k=2),
+        BatchItem(prompt_ids[0][:5], 7),  # the shortest prompt: the most padding
+        BatchItem(prompt_ids[1][::-1], 40, top_k=0),
+    ]
+    batched = greedy_decode_batch(tiny_model, items)
+    assert len(batched) == len(items)
+    assert len(batched[0].tokens) == alone.tokens.index(stop) + 1 < 40
+    for item, got in zip(items, batched, strict=True):
+        want = greedy_decode(
+            tiny_model,
+            item.prompt_ids,
+            item.max_new_tokens,
+            stop_token_ids=item.stop_token_ids,
+            top_k=item.top_k,
+        )
+        assert got.tokens == want.tokens
+        assert got.margins == pytest.approx(want.margins, abs=1e-4)
+        assert [list(d) for d in got.top_logprobs] == [list(d) for d in want.top_logprobs]
+        for g, w in zip(got.top_logprobs, want.top_logprobs, strict=True):
+            assert list(g.values()) == pytest.approx(list(w.values()), abs=1e-4)
+
+
+def test_batched_greedy_refuses_bad_items(tiny_model: PreTrainedModel) -> None:
+    assert greedy_decode_batch(tiny_model, []) == []
+    with pytest.raises(ValueError, match="prompt_ids is empty"):
+        greedy_decode_batch(tiny_model, [BatchItem([5, 6], 4), BatchItem([], 4)])
+    with pytest.raises(ValueError, match="max_new_tokens must be >= 1"):
+        greedy_decode_batch(tiny_model, [BatchItem([5, 6], 0)])
+
+
+def test_reference_cli_batch_option(
+    tiny_dir: Path, prompt_ids: list[list[int]], tmp_path: Path
+) -> None:
+    """--batch 1 (the stepper, one request at a time) and --batch 3 write the same tokens."""
+    requests = [Request(f"r{i}", tuple(ids), 10) for i, ids in enumerate(prompt_ids * 2)]
+    (tmp_path / "in.json").write_text(json.dumps([r.to_dict() for r in requests]))
+    outs = {}
+    for batch in ("1", "3"):
+        out = tmp_path / f"out{batch}.json"
+        cmd = [sys.executable, "-m", "reference_impls.reference", "--model", str(tiny_dir)]
+        cmd += ["--requests", str(tmp_path / "in.json"), "--out", str(out), "--batch", batch]
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        outs[batch] = {k: v["tokens"] for k, v in json.loads(out.read_text()).items()}
+    assert outs["1"] == outs["3"] and len(outs["1"]) == 4
+    cmd = [sys.executable, "-m", "reference_impls.reference", "--model", str(tiny_dir)]
+    cmd += ["--requests", str(tmp_path / "in.json"), "--out", str(tmp_path / "x.json")]
+    proc = subprocess.run([*cmd, "--batch", "0"], capture_output=True, text=True, env=_env())
+    assert proc.returncode == 2 and "--batch must be >= 1" in proc.stderr
 
 
 def _load_engine_module(name: str) -> ModuleType:

@@ -162,6 +162,33 @@ def test_slow_engine_fails_the_gate_and_peers_join_the_table(pytester, vibeserve
     ]
 
 
+def test_measured_alone_skips_the_ratio_gate_and_says_so(pytester, vibeserve_cache):
+    """--vibeserve-baseline none: the slow engine that fails min_ratio against a baseline is
+    measured alone, one repeat; the report has no ratio and names the gate it could not apply."""
+    result, report = run_scenario(
+        pytester,
+        vibeserve_cache,
+        "-k",
+        "performance",
+        "--vibeserve-baseline",
+        "none",
+        "--vibeserve-repeats",
+        "1",
+        engine=WRONG_ENGINES / "slow",
+    )
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(
+        ["*: candidate * ± 0.0% over 1 repeat(s), measured alone (no baseline)"]
+    )
+    performance = report["performance"]
+    assert performance["ratio"] is None and performance["baseline"] is None
+    assert performance["candidate"] > 0 and performance["repeats"] == 1
+    assert [row["engine"] for row in performance["table"]] == ["candidate"]
+    assert performance["gates_skipped"] == [
+        "min_ratio=0.7: no baseline in this run (--vibeserve-baseline none)"
+    ]
+
+
 def test_engine_reporting_no_model_forward_fails_integrity(pytester, vibeserve_cache):
     result, _ = correctness_failures(
         pytester, vibeserve_cache, "no_forwards", "-k", "runs_its_model"

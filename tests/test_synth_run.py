@@ -45,7 +45,7 @@ def test_a_round_leaves_history_reports_and_memory(pytester, tmp_path, vibeserve
         assert record["metric"] == "output_tok_per_s" and record["unit"] == "tok/s"
         if record["verdict"] != "accepted":
             assert record["reasons"]
-    result.stdout.fnmatch_lines(["*[[]seed 0[]] round 0: starter * tok/s (*x baseline)*"])
+    result.stdout.fnmatch_lines(["*[[]seed 0[]] round 0: starter * tok/s (the loop's baseline)*"])
     log = subprocess.run(
         ["git", "-C", str(workspace), "log", "--format=%s"], capture_output=True, text=True
     ).stdout

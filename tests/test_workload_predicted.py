@@ -5,7 +5,12 @@ from __future__ import annotations
 import pytest
 
 from pytest_vibeserve.reference import ReferenceOutput
-from pytest_vibeserve.workloads.predicted import build_workload, trap_prediction, with_predictions
+from pytest_vibeserve.workloads.predicted import (
+    REFERENCE_CHUNK,
+    build_workload,
+    trap_prediction,
+    with_predictions,
+)
 from reference_impls.tiny import build_tokenizer
 
 
@@ -51,11 +56,13 @@ def test_perturbed_workload_is_seeded_and_predicts_an_edited_output(tokenizer):
 
 def test_as_sent_keeps_requests_that_copy_and_stops_early(tokenizer):
     reference = EchoReference()
-    params = {"requests": 2, "candidates": 10, "max_new_tokens": 30, "min_overlap_ratio": 0.0}
+    params = {"requests": 2, "candidates": 20, "max_new_tokens": 30, "min_overlap_ratio": 0.0}
     workload = build_workload(params, tokenizer, reference, seed=0)
     assert len(workload.requests) == 2
-    assert reference.calls == [2]  # the first chunk qualified: no more reference decoding
-    assert workload.stats["candidates"] == 2
+    # one chunk of max(2 * requests, REFERENCE_CHUNK) candidates, decoded as one reference batch,
+    # qualified: no more reference decoding
+    assert reference.calls == [REFERENCE_CHUNK]
+    assert workload.stats["candidates"] == REFERENCE_CHUNK
 
 
 def test_as_sent_names_the_fix_when_too_few_requests_copy(tokenizer):
