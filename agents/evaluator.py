@@ -211,6 +211,7 @@ class Evaluator:
         against: Path | None = None,
         against_ratio: float = 1.0,
         alone: bool = False,
+        with_profile: bool = True,
     ) -> Evaluation:
         """Measure ``engine_dir``; ``ratio`` is always against the scenario's baseline.
 
@@ -222,6 +223,9 @@ class Evaluator:
         ``alone``: one run of the candidate without any baseline (``--vibeserve-baseline none``),
         for the engine that *is* the baseline (the loop's starter): its figures and hints, its
         ratio ``against_ratio`` by definition, at a quarter of an A/B's cost.
+
+        ``with_profile=False`` skips the profile (and so the profile's hints) even when profiling is
+        on: for a measurement no plan follows, such as the loop's final confirmation.
         """
         if alone and against is not None:
             raise ValueError("alone=True measures no other engine: drop against")
@@ -257,8 +261,10 @@ class Evaluator:
             )
         performance = report["performance"]
         profile, profile_problem = None, "profiling is off"
-        if self.profiling:
+        if self.profiling and with_profile:
             profile, profile_problem = self.profile(engine_dir, work_dir=work_dir)
+        elif self.profiling:
+            profile_problem = "not profiled: no plan follows this measurement"
         return Evaluation(
             ok=True,
             metric=performance["metric"],

@@ -128,6 +128,10 @@ class SynthesisLoop:
         self._judge_seeds = private_rng
         self._started = clock()
         self._started_wall = time.time()
+        # For the wall budget: how long rounds take here, and how long the final confirmation
+        # will (an A/B against the starter, like the first candidate's evaluation).
+        self._round_seconds: list[float] = []
+        self._confirm_seconds: float | None = None
 
     # -- helpers ---------------------------------------------------------------------------
     def _private(self, round_number: int) -> Path:
@@ -140,11 +144,28 @@ class SynthesisLoop:
         self.on_progress(text)
 
     def _out_of_budget(self, round_number: int, state: LoopState) -> str | None:
+        """Why no new round may start, or None.
+
+        The wall budget covers the whole run: a round starts only if it (as long as the longest
+        of the last three) and the final confirmation (as long as the first A/B against the
+        starter) still fit, so the loop ends within the budget instead of starting one past it.
+        """
         budget = self.config.budget
         if round_number > budget.rounds:
             return f"round budget of {budget.rounds} spent"
-        if self.clock() - self._started > budget.wall_s:
+        elapsed = self.clock() - self._started
+        if elapsed > budget.wall_s:
             return f"wall-time budget of {budget.wall_s:.0f} s spent"
+        next_round = max(self._round_seconds[-3:], default=0.0)
+        confirm = 0.0
+        if self.config.confirm and self._confirm_seconds is not None:
+            confirm = self._confirm_seconds
+        if elapsed + next_round + confirm > budget.wall_s:
+            return (
+                f"wall-time budget of {budget.wall_s:.0f} s: {budget.wall_s - elapsed:.0f} s "
+                f"left, and a round takes ~{next_round:.0f} s here"
+                + (f", the final confirmation ~{confirm:.0f} s" if confirm else "")
+            )
         if state.cost_usd > budget.dollars:
             return f"dollar budget of ${budget.dollars:.2f} spent"
         return None
@@ -271,12 +292,16 @@ class SynthesisLoop:
             against = self.workspace.export_engine(
                 state.best_round, self.config.run_dir / "private" / "best-engine"
             )
+        evaluation_started = self.clock()
         evaluation = self.evaluator.evaluate(
             self.workspace.engine_dir,
             work_dir=self._private(number),
             against=against,
             against_ratio=state.best_ratio,
         )
+        if state.best_round == 0 and self._confirm_seconds is None:
+            # an A/B against the starter: what the final confirmation will cost
+            self._confirm_seconds = self.clock() - evaluation_started
         self.workspace.commit_phase(
             number,
             "evaluator",
@@ -315,7 +340,11 @@ class SynthesisLoop:
         starter = self.workspace.export_engine(0, private / "starter-engine")
         self._log(f"confirm: round {state.best_round} against the starter, same run")
         evaluation = self.evaluator.evaluate(
-            best, work_dir=private / "confirm", against=starter, against_ratio=1.0
+            best,
+            work_dir=private / "confirm",
+            against=starter,
+            against_ratio=1.0,
+            with_profile=False,  # no plan follows: only the figure counts
         )
         if not evaluation.ok:
             self._log(f"confirm: the run failed: {evaluation.problem[:300]}")
@@ -367,7 +396,9 @@ class SynthesisLoop:
                 f"round {number} planner: {plan.task.skill} {plan.task.params} — {plan.task.why}"
             )
             self.workspace.commit_phase(number, "planner", f"{plan.task.skill} {plan.task.params}")
+            round_started = self.clock()
             result = self.run_round(number, plan.task, state)
+            self._round_seconds.append(self.clock() - round_started)
             result.ended = time.time()
             if result.verdict == "accepted":
                 result.tag = self.workspace.accept(

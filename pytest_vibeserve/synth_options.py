@@ -55,7 +55,9 @@ def add_synth_options(parser: pytest.Parser) -> None:
         metavar="M",
         type=_positive_float,
         default=None,
-        help="wall-time budget per loop, in minutes. Default: no limit beyond the rounds.",
+        help="wall-time budget per loop, in minutes, the final confirmation included: a round "
+        "starts only if it and the confirmation still fit. Default: the scenario's [loop] "
+        "budget_minutes, else no limit beyond the rounds.",
     )
     add(
         "--vibeserve-budget-dollars",

@@ -77,8 +77,18 @@ class ScriptedEvaluator:
     ratios: dict = field(default_factory=lambda: {"": 1.0})
     calls: list = field(default_factory=list)
 
-    def evaluate(self, engine_dir, *, work_dir, against=None, against_ratio=1.0, alone=False):
+    def evaluate(
+        self,
+        engine_dir,
+        *,
+        work_dir,
+        against=None,
+        against_ratio=1.0,
+        alone=False,
+        with_profile=True,
+    ):
         self.calls.append({"alone": alone, "against": against, "against_ratio": against_ratio})
+        self.profiled = [*getattr(self, "profiled", []), with_profile]
         text = (engine_dir / "engine.py").read_text()
         ratio = self.ratios[""]
         for marker, value in self.ratios.items():
@@ -185,6 +195,44 @@ def test_wall_budget_stops_the_loop(tmp_path):
     loop._started = 0
     loop.run(loop.measure_starter(), 1)
     assert "wall-time budget" in (workspace.root / "progress.md").read_text()
+
+
+def test_a_round_starts_only_if_it_and_the_final_confirmation_still_fit(tmp_path):
+    """Each evaluation takes 100 s of the (fake) clock: the first A/B against the starter sets
+    the confirmation's estimate, rounds their own; the whole run ends inside the wall budget."""
+    now = [0.0]
+
+    @dataclass
+    class TimedEvaluator(ScriptedEvaluator):
+        def evaluate(self, engine_dir, **kwargs):
+            now[0] += 100.0
+            return ScriptedEvaluator.evaluate(self, engine_dir, **kwargs)
+
+    evaluator = TimedEvaluator(
+        {"": 1.0, "block-verify {'block': 8}": 4.0, "block-verify {'block': 16}": 5.0}
+    )
+    loop, workspace = make_loop(
+        tmp_path,
+        ScriptedBackend(),
+        ScriptedJudge(),
+        evaluator,
+        budget=Budget(rounds=20, wall_s=450),
+    )
+    loop.clock = lambda: now[0]
+    loop._started = 0.0
+    loop.run(loop.measure_starter(), 1)  # round 0 ends at 100 s
+    # round 1 (100-200 s) and round 2 (200-300 s) fit; round 3 would end at 400 s and the
+    # confirmation at 500 s, past 450: it never starts, and the confirmation ends at 400 s
+    assert [r["round"] for r in workspace.rounds_as_dicts()] == [0, 1, 2]
+    assert now[0] == 400.0 <= loop.config.budget.wall_s
+    progress = (workspace.root / "progress.md").read_text()
+    assert (
+        "stop: wall-time budget of 450 s: 150 s left, and a round takes ~100 s here, the final "
+        "confirmation ~100 s" in progress
+    )
+    assert "confirm: round 1 is 4.00x the starter" in progress
+    assert evaluator.profiled[-1] is False  # the confirmation: no plan follows, no profile
+    assert all(evaluator.profiled[:-1])
 
 
 def test_an_implementer_failure_parks_the_skill_and_the_next_task_is_smaller(tmp_path):

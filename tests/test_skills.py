@@ -170,6 +170,18 @@ def test_recipe_refuses_invalid_params(tmp_path, skill, param, named):
     assert not (engine_dir / FEATURES_FILE).exists()  # nothing was written
 
 
+def test_bf16_on_an_openblas_engine_moves_its_matmuls_back_to_torch(tmp_path):
+    """A real bf16 candidate, not a crash: numpy cannot multiply bfloat16."""
+    engine_dir = starter_copy(tmp_path)
+    assert run_recipe("openblas-matmul", engine_dir).returncode == 0
+    done = run_recipe("bf16-weights", engine_dir)
+    assert done.returncode == 0, done.stderr
+    features = load_features(engine_dir)
+    assert (features.dtype, features.matmul, features.forward) == ("bfloat16", "torch", "lean")
+    assert features.threads is None
+    assert "numpy has no bfloat16" in json.loads(done.stdout.strip().splitlines()[-1])["summary"]
+
+
 def test_recipes_compose(tmp_path):
     engine_dir = starter_copy(tmp_path)
     assert run_recipe("static-kv-cache", engine_dir).returncode == 0
@@ -212,6 +224,10 @@ def test_realignment_turns_on_verification_when_off(tmp_path):
         ({"forward": "lean", "kv_cache": "static", "compile": "default"}, "runs eager"),
         ({"matmul": "mkl"}, "torch, openblas"),
         ({"matmul": "openblas"}, "forward='lean'"),
+        (
+            {"matmul": "openblas", "forward": "lean", "kv_cache": "static", "dtype": "bfloat16"},
+            "numpy has no bfloat16",
+        ),
     ],
 )
 def test_invalid_features_name_the_valid_values(changes, named):

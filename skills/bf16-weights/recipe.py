@@ -14,9 +14,15 @@ from agents.recipes.greedy_engine import EngineFeatures
 
 
 def apply(features: EngineFeatures, params: dict) -> Change:
+    changes: dict = {"dtype": "bfloat16"}
+    note = ""
+    if features.matmul == "openblas":
+        # numpy's BLAS has no bfloat16: torch multiplies, with its own thread pool back
+        changes.update(matmul="torch", threads=None)
+        note = "; matmuls back to torch (numpy has no bfloat16), at the harness's thread count"
     return Change(
-        features.replace(dtype="bfloat16"),
-        summary="weights and activations in bfloat16 instead of the reference's float32",
+        features.replace(**changes),
+        summary=f"weights and activations in bfloat16 instead of the reference's float32{note}",
         expected="~1.5x decode tok/s (half the bytes per weight read: HF 37-44 vs 25 tok/s on "
         "SmolLM2) but greedy tokens diverge from fp32 within 2-17 tokens: expect the tie-aware "
         "token-equality check to FAIL; abandon unless the scenario's checker is logprob-tolerant",

@@ -18,11 +18,12 @@ def apply(features: EngineFeatures, params: dict) -> Change:
         features.replace(
             matmul="openblas", forward="lean", kv_cache="static", compile="none", threads=1
         ),
-        summary=f"matmuls torch -> OpenBLAS (numpy) over pre-transposed fp32 weights{note}; "
-        "torch's own pool down to 1 thread so the two thread pools do not spin against each other",
-        expected="~1.3-1.6x less time per forward at 1-16 rows on this 2-core CPU (measured: "
-        "37 vs 59 ms at 1 row, 81 vs 135 ms at 8); logits move in the last bits, so the Judge "
-        "decides whether any near-tie flips",
+        summary=f"the lean forward in numpy{note}: matmuls through OpenBLAS over pre-transposed "
+        "fp32 weights, the small ops as numpy calls; torch's own pool down to 1 thread so the two "
+        "thread pools do not spin against each other",
+        expected="~1.5-2x less time per forward at 1-16 rows on this 2-core CPU (measured: "
+        "31 vs 59 ms at 1 row); logits move in the last bits, so the Judge decides whether any "
+        "near-tie flips",
     )
 
 
