@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from agents.profiler import profile_candidate
-from agents.pytest_runs import ScenarioRun, run_scenario_tests
+from agents.pytest_runs import ScenarioRun, run_scenario_tests, workload_args
 from pytest_vibeserve.profiling import is_matmul
 from reference_impls.models import default_cache_dir
 
@@ -174,10 +174,21 @@ def derive_hints(report: dict[str, Any], profile: dict[str, Any] | None = None) 
 
 
 class Evaluator:
-    def __init__(self, run: ScenarioRun, *, seed: int = 0, profile: bool = True) -> None:
+    def __init__(
+        self,
+        run: ScenarioRun,
+        *,
+        seed: int = 0,
+        profile: bool = True,
+        workload: dict | None = None,
+    ) -> None:
         self.run = run
         self.seed = seed  # the public workload seed: the same every round, so rounds compare
         self.profiling = profile
+        # Overrides of the rounds' workload (scenario.toml [loop] eval_workload): a round only
+        # decides whether a candidate beats the best so far, on a subset of the benchmark's
+        # requests; the final confirmation (full_workload=True) runs the scenario's own.
+        self.workload = dict(workload or {})
 
     def profile(self, engine_dir: Path, *, work_dir: Path) -> tuple[dict[str, Any] | None, str]:
         """The candidate's profile (also in work_dir/profile.json) or, when it failed, why.
@@ -212,6 +223,7 @@ class Evaluator:
         against_ratio: float = 1.0,
         alone: bool = False,
         with_profile: bool = True,
+        full_workload: bool = False,
     ) -> Evaluation:
         """Measure ``engine_dir``; ``ratio`` is always against the scenario's baseline.
 
@@ -226,6 +238,7 @@ class Evaluator:
 
         ``with_profile=False`` skips the profile (and so the profile's hints) even when profiling is
         on: for a measurement no plan follows, such as the loop's final confirmation.
+        ``full_workload=True`` drops the rounds' workload overrides.
         """
         if alone and against is not None:
             raise ValueError("alone=True measures no other engine: drop against")
@@ -234,6 +247,8 @@ class Evaluator:
             extra = ("--vibeserve-baseline", str(against))
         elif alone:
             extra = ("--vibeserve-baseline", "none", "--vibeserve-repeats", "1")
+        if not full_workload:
+            extra += tuple(workload_args(self.workload))
         outcome = run_scenario_tests(
             self.run,
             engine_dir,

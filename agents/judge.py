@@ -8,12 +8,11 @@ speculative decoding) pass the scan: it looks for outputs that do not come from 
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agents.pytest_runs import ScenarioRun, run_scenario_tests
+from agents.pytest_runs import ScenarioRun, run_scenario_tests, workload_args
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,17 +123,6 @@ def failing_tests(report: dict) -> list[str]:
         message = test["message"].strip().splitlines()[0] if test["message"] else test["outcome"]
         reasons.append(f"{test['nodeid'].split('::')[-1]}: {message}")
     return reasons
-
-
-def workload_args(settings: dict) -> list[str]:
-    """``--vibeserve-workload KEY=VALUE`` arguments, values written as TOML."""
-    args = []
-    for key, value in settings.items():
-        text = json.dumps(value) if isinstance(value, str) else str(value).lower()
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            text = str(value)
-        args += ["--vibeserve-workload", f"{key}={text}"]
-    return args
 
 
 class Judge:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from agents.backends.base import Backend, BackendError
-from agents.evaluator import Evaluator, Hint
+from agents.evaluator import Evaluation, Evaluator, Hint
 from agents.judge import Judge
 from agents.planner import Planner, PlannerState, Task, task_key
 from agents.report import write_reports
@@ -50,6 +50,10 @@ class LoopConfig:
     # A pool, not a fresh seed each time: the reference outputs of a seed cost minutes at the
     # cpu scale and are cached; the Implementer sees none of them either way.
     judge_seeds: int = 3
+    # The confirmation runs the scenario's full workload; rounds may run a subset (the
+    # Evaluator's workload overrides). Its cost is estimated from the first A/B against the
+    # starter, times this (full requests / round requests).
+    confirm_cost_scale: float = 1.0
 
 
 @dataclass(slots=True)
@@ -131,7 +135,9 @@ class SynthesisLoop:
         # For the wall budget: how long rounds take here, and how long the final confirmation
         # will (an A/B against the starter, like the first candidate's evaluation).
         self._round_seconds: list[float] = []
-        self._confirm_seconds: float | None = None
+        self._confirm_seconds: float | None = None  # fallback: the first A/B's wall time, scaled
+        # (fixed seconds, tokens per engine run of the full workload, starter tok/s, repeats)
+        self._confirm_model: tuple[float, float, float, int] | None = None
 
     # -- helpers ---------------------------------------------------------------------------
     def _private(self, round_number: int) -> Path:
@@ -146,9 +152,9 @@ class SynthesisLoop:
     def _out_of_budget(self, round_number: int, state: LoopState) -> str | None:
         """Why no new round may start, or None.
 
-        The wall budget covers the whole run: a round starts only if it (as long as the longest
-        of the last three) and the final confirmation (as long as the first A/B against the
-        starter) still fit, so the loop ends within the budget instead of starting one past it.
+        The wall budget covers the whole run: a round starts only if it (as long as the median
+        of the last three) and the final confirmation still fit, so the loop ends within the
+        budget instead of starting one past it.
         """
         budget = self.config.budget
         if round_number > budget.rounds:
@@ -156,10 +162,9 @@ class SynthesisLoop:
         elapsed = self.clock() - self._started
         if elapsed > budget.wall_s:
             return f"wall-time budget of {budget.wall_s:.0f} s spent"
-        next_round = max(self._round_seconds[-3:], default=0.0)
-        confirm = 0.0
-        if self.config.confirm and self._confirm_seconds is not None:
-            confirm = self._confirm_seconds
+        recent = sorted(self._round_seconds[-3:])
+        next_round = recent[len(recent) // 2] if recent else 0.0
+        confirm = self._confirm_estimate(state) if self.config.confirm else 0.0
         if elapsed + next_round + confirm > budget.wall_s:
             return (
                 f"wall-time budget of {budget.wall_s:.0f} s: {budget.wall_s - elapsed:.0f} s "
@@ -169,6 +174,39 @@ class SynthesisLoop:
         if state.cost_usd > budget.dollars:
             return f"dollar budget of ${budget.dollars:.2f} spent"
         return None
+
+    def _learn_confirm_cost(self, evaluation: Evaluation, seconds: float) -> None:
+        """From the first A/B against the starter: what the final confirmation will cost.
+
+        An A/B of throughput engines costs fixed seconds (start-up, warm-up, reference lookups)
+        plus, per repeat, the workload's tokens at each engine's rate; the confirmation runs the
+        full workload (``confirm_cost_scale`` times the rounds') with the best engine instead.
+        """
+        self._confirm_seconds = seconds * self.config.confirm_cost_scale
+        performance = (evaluation.report or {}).get("performance") or {}
+        tokens = (performance.get("workload_stats") or {}).get("output_tokens_total")
+        repeats = performance.get("repeats")
+        starter, candidate = evaluation.baseline, evaluation.value
+        if (
+            evaluation.metric != "output_tok_per_s"
+            or not tokens
+            or not repeats
+            or not starter > 0
+            or not candidate > 0
+        ):
+            return
+        measuring = repeats * tokens * (1 / starter + 1 / candidate)
+        fixed = max(0.0, seconds - measuring)
+        self._confirm_model = (fixed, tokens * self.config.confirm_cost_scale, starter, repeats)
+
+    def _confirm_estimate(self, state: LoopState) -> float:
+        if state.best_round == 0:
+            return 0.0  # nothing to confirm (yet)
+        if self._confirm_model is None:
+            return self._confirm_seconds or 0.0
+        fixed, tokens, starter, repeats = self._confirm_model
+        best = starter * state.best_ratio  # ratios are chained to the starter
+        return fixed + repeats * tokens * (1 / starter + 1 / best)
 
     # -- the round -------------------------------------------------------------------------
     @property
@@ -299,9 +337,8 @@ class SynthesisLoop:
             against=against,
             against_ratio=state.best_ratio,
         )
-        if state.best_round == 0 and self._confirm_seconds is None:
-            # an A/B against the starter: what the final confirmation will cost
-            self._confirm_seconds = self.clock() - evaluation_started
+        if state.best_round == 0 and self._confirm_seconds is None and evaluation.ok:
+            self._learn_confirm_cost(evaluation, self.clock() - evaluation_started)
         self.workspace.commit_phase(
             number,
             "evaluator",
@@ -345,6 +382,7 @@ class SynthesisLoop:
             against=starter,
             against_ratio=1.0,
             with_profile=False,  # no plan follows: only the figure counts
+            full_workload=True,  # the scenario's benchmark, not the rounds' subset
         )
         if not evaluation.ok:
             self._log(f"confirm: the run failed: {evaluation.problem[:300]}")

@@ -10,11 +10,13 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-SECRET_MARKERS = ("KEY", "TOKEN", "SECRET", "PASSWORD", "CREDENTIAL")
+from agents.credentials import is_secret_name
+
 LOG_TAIL_CHARS = 6000
 
 
@@ -46,12 +48,10 @@ class PytestOutcome:
         return self.report is None or self.returncode not in (0, 1)
 
 
-def scrubbed_environment() -> dict[str, str]:
-    return {
-        name: value
-        for name, value in os.environ.items()
-        if not any(marker in name.upper() for marker in SECRET_MARKERS)
-    }
+def scrubbed_environment(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """``environ`` (default: this process's) without the names that hold credentials."""
+    environ = os.environ if environ is None else environ
+    return {name: value for name, value in environ.items() if not is_secret_name(name)}
 
 
 def run_scenario_tests(
@@ -96,3 +96,14 @@ def run_scenario_tests(
     report = json.loads(report_path.read_text()) if report_path.exists() else None
     tail = log_path.read_bytes()[-LOG_TAIL_CHARS:].decode(errors="replace")
     return PytestOutcome(returncode, report, tail, command)
+
+
+def workload_args(settings: dict) -> list[str]:
+    """``--vibeserve-workload KEY=VALUE`` arguments, values written as TOML."""
+    args = []
+    for key, value in settings.items():
+        text = json.dumps(value) if isinstance(value, str) else str(value).lower()
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            text = str(value)
+        args += ["--vibeserve-workload", f"{key}={text}"]
+    return args

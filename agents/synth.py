@@ -7,6 +7,7 @@ the spread of the final speedup across seeds.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import statistics
 from collections.abc import Callable
@@ -97,6 +98,11 @@ def run_one_loop(
             dollars=synth.budget_dollars,
         ),
     )
+    eval_workload = scenario.loop.get("eval_workload", {}).get(options.scale) or {}
+    full_requests = scenario.scale(options.scale).workload.get("requests")
+    round_requests = eval_workload.get("requests", full_requests)
+    if full_requests and round_requests:
+        config = dataclasses.replace(config, confirm_cost_scale=full_requests / round_requests)
     library = load_library(scenario=scenario.name)
     run = ScenarioRun(
         synth.scenario_dir,
@@ -121,7 +127,7 @@ def run_one_loop(
             planner=Planner(library, needs_recipe=backend.name == "offline"),
             backend=backend,
             judge=Judge(run, workload=scenario.loop.get("judge_workload", {}).get(options.scale)),
-            evaluator=Evaluator(run),
+            evaluator=Evaluator(run, workload=eval_workload),
             on_progress=on_progress,
         )
         workspace.append_progress(f"loop start ({note}); backend {synth.backend}")
@@ -199,8 +205,16 @@ def summarize_seeds(synth: SynthOptions) -> dict[str, Any] | None:
         path = run_dir_for(synth, scenario, seed) / "report.json"
         if not path.exists():
             continue
-        best = json.loads(path.read_text()).get("best")
-        rows.append({"seed": seed, "best": best})
+        report = json.loads(path.read_text())
+        best = report.get("best")
+        rows.append(
+            {
+                "seed": seed,
+                "best": best,
+                "baseline": report.get("baseline", "baseline"),
+                "confirmed": report.get("confirmed"),
+            }
+        )
         if best is not None and best.get("ratio") is not None:
             ratios.append(best["ratio"])
     if not rows:

@@ -164,10 +164,18 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
             terminalreporter.section("vibeserve synthesis")
             for row in summary["seeds"]:
                 best = row["best"] or {}
-                terminalreporter.write_line(
+                line = (
                     f"seed {row['seed']}: best round {best.get('round')} "
-                    f"{best.get('ratio') or float('nan'):.2f}x baseline ({best.get('commit')})"
+                    f"{best.get('ratio') or float('nan'):.2f}x the {row.get('baseline')} "
+                    f"({best.get('commit')})"
                 )
+                confirmed = row.get("confirmed") or {}
+                if confirmed.get("ok"):
+                    line += (
+                        f"; confirmed in one same-run A/B: {confirmed['ratio_vs_starter']:.2f}x "
+                        f"the starter ± {confirmed['noise']:.1%}"
+                    )
+                terminalreporter.write_line(line)
             if summary["ratio_median"] is not None:
                 terminalreporter.write_line(
                     f"best ratio across {len(summary['seeds'])} seed(s): median "

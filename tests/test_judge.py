@@ -93,3 +93,24 @@ def test_judge_passes_the_starter_on_its_own_held_out_workload(tmp_path, vibeser
     assert verdict.report["correctness"]["passed"] is True
     summaries = [check["summary"] for check in verdict.report["correctness"]["checks"]]
     assert any(summary.startswith("tokens: 2/2 requests equal") for summary in summaries)
+
+
+def test_judge_and_evaluator_runs_get_no_credentials():
+    """The pytest runs of the Judge and the Evaluator drop every credential-looking name, by the
+    same rule as the Implementer's commands (agents/credentials.py)."""
+    from agents.pytest_runs import scrubbed_environment
+
+    env = scrubbed_environment(
+        {
+            "ANTHROPIC_API_KEY": "sk-ant-1",
+            "ANTHROPIC_BASE_URL": "http://x",
+            "GITHUB_TOKEN": "t",
+            "DB_PASSWD": "p",
+            "AWS_REGION": "eu",
+            "HTTP_AUTHORIZATION": "Bearer y",
+            "PATH": "/usr/bin",
+            "HOME": "/root",
+            "OMP_NUM_THREADS": "2",
+        }
+    )
+    assert env == {"PATH": "/usr/bin", "HOME": "/root", "OMP_NUM_THREADS": "2"}

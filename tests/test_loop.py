@@ -86,8 +86,10 @@ class ScriptedEvaluator:
         against_ratio=1.0,
         alone=False,
         with_profile=True,
+        full_workload=False,
     ):
         self.calls.append({"alone": alone, "against": against, "against_ratio": against_ratio})
+        self.full = [*getattr(self, "full", []), full_workload]
         self.profiled = [*getattr(self, "profiled", []), with_profile]
         text = (engine_dir / "engine.py").read_text()
         ratio = self.ratios[""]
@@ -233,6 +235,36 @@ def test_a_round_starts_only_if_it_and_the_final_confirmation_still_fit(tmp_path
     assert "confirm: round 1 is 4.00x the starter" in progress
     assert evaluator.profiled[-1] is False  # the confirmation: no plan follows, no profile
     assert all(evaluator.profiled[:-1])
+    # only the confirmation runs the scenario's full workload (rounds may run a subset)
+    assert evaluator.full == [False] * (len(evaluator.full) - 1) + [True]
+
+
+def test_the_confirmation_estimate_scales_to_the_full_workload(tmp_path):
+    """Rounds on half the requests: the confirmation (all of them) is reserved twice the time
+    of the first A/B against the starter, so the loop stops one round earlier."""
+    import dataclasses
+
+    now = [0.0]
+
+    @dataclass
+    class TimedEvaluator(ScriptedEvaluator):
+        def evaluate(self, engine_dir, **kwargs):
+            now[0] += 100.0
+            return ScriptedEvaluator.evaluate(self, engine_dir, **kwargs)
+
+    loop, workspace = make_loop(
+        tmp_path,
+        ScriptedBackend(),
+        ScriptedJudge(),
+        TimedEvaluator({"": 1.0, "block-verify {'block': 8}": 4.0}),
+        budget=Budget(rounds=20, wall_s=450),
+    )
+    loop.config = dataclasses.replace(loop.config, confirm_cost_scale=2.0)
+    loop.clock = lambda: now[0]
+    loop._started = 0.0
+    loop.run(loop.measure_starter(), 1)
+    assert [r["round"] for r in workspace.rounds_as_dicts()] == [0, 1]
+    assert "the final confirmation ~200 s" in (workspace.root / "progress.md").read_text()
 
 
 def test_an_implementer_failure_parks_the_skill_and_the_next_task_is_smaller(tmp_path):
@@ -288,3 +320,29 @@ def test_resume_rebuilds_the_state_and_continues(tmp_path):
     rounds = reopened.rounds_as_dicts()
     assert [r["round"] for r in rounds] == list(range(len(rounds)))
     assert rounds[1]["verdict"] == "accepted"  # nothing accepted before the restart was lost
+
+
+def test_the_confirmation_estimate_follows_the_engines_rates(tmp_path):
+    """Fixed seconds + repeats x tokens at each engine's rate, learnt from the first A/B against
+    the starter and replayed on the full workload with the best engine so far."""
+    import dataclasses
+
+    from agents.loop import LoopState
+
+    loop, _ = make_loop(tmp_path, ScriptedBackend(), ScriptedJudge(), ScriptedEvaluator())
+    loop.config = dataclasses.replace(loop.config, confirm_cost_scale=2.0)
+    report = {"performance": {"repeats": 2, "workload_stats": {"output_tokens_total": 300}}}
+    first = Evaluation(True, "output_tok_per_s", "tok/s", True, 20.0, 10.0, 2.0, 0.01, [], report)
+    # 150 s = fixed + 2 repeats x 300 tokens x (1/10 + 1/20 s per token): fixed = 60 s
+    loop._learn_confirm_cost(first, 150.0)
+    state = LoopState(
+        best_ratio=4.0, best_round=3, hints=(), accepted_ratios=[], last_failed_size=None
+    )
+    # full workload: 600 tokens; best = 4 x 10 tok/s: 60 + 2 x 600 x (1/10 + 1/40) = 210 s
+    assert loop._confirm_estimate(state) == pytest.approx(210.0)
+    nothing_yet = dataclasses.replace(state, best_round=0)
+    assert loop._confirm_estimate(nothing_yet) == 0.0
+    # without the numbers (another metric, no report): the first A/B's time, scaled
+    loop._confirm_model = None
+    loop._learn_confirm_cost(dataclasses.replace(first, report=None), 150.0)
+    assert loop._confirm_estimate(state) == 300.0

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-SECRET_NAME_PARTS = ("KEY", "TOKEN", "SECRET", "PASSWORD", "PASSWD", "CREDENTIAL", "AUTH")
-SECRET_NAME_PREFIXES = ("ANTHROPIC_", "OPENAI_", "AWS_")
+from agents.credentials import is_secret_name
+
 REDACTED = "[redacted]"
 MAX_LISTED_FILES = 500
 KILL_GRACE_S = 5
@@ -36,13 +36,6 @@ class ToolResult:
 
 class ToolError(Exception):
     """A tool call the model got wrong; the message tells it what to do instead."""
-
-
-def is_secret_name(name: str) -> bool:
-    upper = name.upper()
-    return any(part in upper for part in SECRET_NAME_PARTS) or upper.startswith(
-        SECRET_NAME_PREFIXES
-    )
 
 
 def scrubbed_environment(environ: Mapping[str, str], secrets: Iterable[str] = ()) -> dict[str, str]:
