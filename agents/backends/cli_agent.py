@@ -47,6 +47,7 @@ PLACEHOLDERS = ("prompt_file", "workspace")
 EXAMPLE = "--vibeserve-cli-command 'claude -p --allowedTools Edit,Write,Bash < {prompt_file}'"
 DEFAULT_TIMEOUT_S = 1800.0
 KILL_GRACE_S = 5.0
+KILL_SETTLE_S = 2.0  # how long a SIGKILLed group may take to vanish
 LOG_TAIL_CHARS = 1500
 REPORTS = "reports"  # next to engine/ in the workspace (agents.workspace)
 # Scratch that a run of tools leaves behind and the workspace's .gitignore keeps out of history.
@@ -143,7 +144,8 @@ def _group_alive(pgid: int) -> bool:
 
 
 def stop_group(process: subprocess.Popen, grace_s: float = KILL_GRACE_S) -> None:
-    """SIGTERM the process group of ``process``, SIGKILL what is left after ``grace_s``; reap."""
+    """SIGTERM the process group of ``process``, SIGKILL what is left after ``grace_s``; reap,
+    and return once the group is gone."""
     pgid = process.pid  # start_new_session=True made it the group leader
     try:
         os.killpg(pgid, signal.SIGTERM)
@@ -162,6 +164,11 @@ def stop_group(process: subprocess.Popen, grace_s: float = KILL_GRACE_S) -> None
         except ProcessLookupError:
             pass
     process.wait()
+    # SIGKILL is delivered, not yet acted on, when killpg returns: on a busy machine the group's
+    # other members may still run for a moment. Return once they are gone (bounded).
+    deadline = time.monotonic() + KILL_SETTLE_S
+    while _group_alive(pgid) and time.monotonic() < deadline:
+        time.sleep(0.01)
 
 
 def _next_attempt(reports: Path, round: int) -> int:
