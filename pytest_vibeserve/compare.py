@@ -79,10 +79,7 @@ def compare_alternating(
         candidate_runs.append(cand)
         baseline_runs.append(base)
         ratios.append(oriented_ratio(cand.get(metric), base.get(metric), higher_is_better))
-    peer_runs = {
-        name: [compute_metrics(fn()) for _ in range(max(1, repeats // 2))]
-        for name, fn in (peers or {}).items()
-    }
+    peer_runs = _measure_peers(peers, repeats)
     center = median(ratios)
     return Comparison(
         metric=metric,
@@ -139,6 +136,16 @@ class NoiseGate:
         )
 
 
+def _measure_peers(
+    peers: dict[str, Callable[[], RunResult]] | None, repeats: int
+) -> dict[str, list[RunMetrics]]:
+    """Peers are context, not the comparison: half the repeats (at least one) each."""
+    return {
+        name: [compute_metrics(fn()) for _ in range(max(1, repeats // 2))]
+        for name, fn in (peers or {}).items()
+    }
+
+
 def measure_alone(
     run_candidate: Callable[[], RunResult],
     *,
@@ -154,10 +161,7 @@ def measure_alone(
     candidate_runs = [compute_metrics(run_candidate()) for _ in range(repeats)]
     values = [m.get(metric) for m in candidate_runs]
     center = median(values)
-    peer_runs = {
-        name: [compute_metrics(fn()) for _ in range(max(1, repeats // 2))]
-        for name, fn in (peers or {}).items()
-    }
+    peer_runs = _measure_peers(peers, repeats)
     return Comparison(
         metric=metric,
         unit=unit,

@@ -102,6 +102,17 @@ class ScriptedEvaluator:
         )
 
 
+@dataclass
+class TimedEvaluator(ScriptedEvaluator):
+    """Each evaluation takes 100 s of the fake clock ``now[0]``."""
+
+    now: list = field(default_factory=lambda: [0.0])
+
+    def evaluate(self, engine_dir, **kwargs):
+        self.now[0] += 100.0
+        return ScriptedEvaluator.evaluate(self, engine_dir, **kwargs)
+
+
 def make_loop(tmp_path, backend, judge, evaluator, budget=None, workspace=None):
     starter = tmp_path / "starter"
     starter.mkdir(exist_ok=True)
@@ -204,14 +215,8 @@ def test_a_round_starts_only_if_it_and_the_final_confirmation_still_fit(tmp_path
     the confirmation's estimate, rounds their own; the whole run ends inside the wall budget."""
     now = [0.0]
 
-    @dataclass
-    class TimedEvaluator(ScriptedEvaluator):
-        def evaluate(self, engine_dir, **kwargs):
-            now[0] += 100.0
-            return ScriptedEvaluator.evaluate(self, engine_dir, **kwargs)
-
     evaluator = TimedEvaluator(
-        {"": 1.0, "block-verify {'block': 8}": 4.0, "block-verify {'block': 16}": 5.0}
+        {"": 1.0, "block-verify {'block': 8}": 4.0, "block-verify {'block': 16}": 5.0}, now=now
     )
     loop, workspace = make_loop(
         tmp_path,
@@ -246,17 +251,11 @@ def test_the_confirmation_estimate_scales_to_the_full_workload(tmp_path):
 
     now = [0.0]
 
-    @dataclass
-    class TimedEvaluator(ScriptedEvaluator):
-        def evaluate(self, engine_dir, **kwargs):
-            now[0] += 100.0
-            return ScriptedEvaluator.evaluate(self, engine_dir, **kwargs)
-
     loop, workspace = make_loop(
         tmp_path,
         ScriptedBackend(),
         ScriptedJudge(),
-        TimedEvaluator({"": 1.0, "block-verify {'block': 8}": 4.0}),
+        TimedEvaluator({"": 1.0, "block-verify {'block': 8}": 4.0}, now=now),
         budget=Budget(rounds=20, wall_s=450),
     )
     loop.config = dataclasses.replace(loop.config, confirm_cost_scale=2.0)

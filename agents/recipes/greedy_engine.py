@@ -206,9 +206,29 @@ def render_engine(features: EngineFeatures) -> str:
     engine = "class GreedyEngine:\n" + "\n\n".join(m.strip("\n") for m in methods)
     lean = ""
     if f.forward == "lean" and f.matmul == "openblas":
-        lean = LEAN_MODEL_NUMPY
+        cache = _fill(
+            LEAN_CACHE_CLASS,
+            layout="[layers, kv_heads, capacity, head_dim] float32 arrays",
+            init=LEAN_CACHE_NUMPY,
+        )
+        supported = _fill(
+            LEAN_SUPPORTED,
+            extra=LEAN_SUPPORTED_NUMPY,
+            where=" in numpy",
+            fix="matmul='torch' or forward='transformers'",
+        )
+        lean = LEAN_MODEL_NUMPY.replace("$cache\n", cache.strip("\n") + "\n")
+        lean = lean.replace("$supported\n", supported)
     elif f.forward == "lean":
+        cache = _fill(
+            LEAN_CACHE_CLASS,
+            layout="[layers, 1, kv_heads, capacity, head_dim]",
+            init=LEAN_CACHE_TORCH,
+        )
         lean = LEAN_MODEL.replace("$matmul\n", LEAN_MATMUL_TORCH.strip("\n") + "\n\n")
+        lean = lean.replace("$cache\n", cache.strip("\n") + "\n")
+        supported = _fill(LEAN_SUPPORTED, extra="", where="", fix="forward='transformers'")
+        lean = lean.replace("$supported\n", supported)
     blocks = [lean, _cursor(f) if f.verify_block else "", _decoding(f), engine, LOGPROBS, FACTORY]
     head = _docstring(f) + "\n\n" + _imports(f) + _constants(f)
     return head + "\n\n" + "\n\n\n".join(b.strip("\n") for b in blocks if b) + "\n"
@@ -683,23 +703,7 @@ FORWARD_LEAN_MODEL = """\
 """
 
 LEAN_MODEL = '''
-class LeanCache:
-    """Keys and values of one request, [layers, 1, kv_heads, capacity, head_dim], preallocated;
-    the first ``length`` positions are valid. A rollback only moves ``length`` back."""
-
-    def __init__(self, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> None:
-        self.keys = torch.empty(shape, dtype=dtype, device=device)
-        self.values = torch.empty(shape, dtype=dtype, device=device)
-        self.length = 0
-
-    def get_seq_length(self) -> int:
-        return self.length
-
-    def crop(self, tokens_to_remove: int) -> None:
-        """As transformers' caches: ``crop(-k)`` drops the last k positions; ``crop(0)`` none."""
-        if tokens_to_remove > 0:
-            raise ValueError(f"crop({tokens_to_remove}): pass minus the positions to drop")
-        self.length += tokens_to_remove
+$cache
 
 
 class LeanLlama:
@@ -712,20 +716,7 @@ class LeanLlama:
     """
 
     def __init__(self, model: torch.nn.Module) -> None:
-        config = model.config
-        problems = []
-        if config.model_type != "llama":
-            problems.append(f"model_type {config.model_type!r} (only 'llama')")
-        if getattr(config, "attention_bias", False) or getattr(config, "mlp_bias", False):
-            problems.append("attention or MLP biases")
-        if config.hidden_act != "silu":
-            problems.append(f"hidden_act {config.hidden_act!r} (only 'silu')")
-        if problems:
-            raise NotImplementedError(
-                "LeanLlama writes out the plain Llama forward; this model has "
-                + ", ".join(problems)
-                + ": use forward='transformers' for it"
-            )
+$supported
         body = model.model
         self.heads = config.num_attention_heads
         self.kv_heads = config.num_key_value_heads
@@ -834,16 +825,13 @@ def create_engine(spec: EngineSpec) -> GreedyEngine:
     return GreedyEngine(spec)
 """
 
-LEAN_MODEL_NUMPY = '''
+LEAN_CACHE_CLASS = '''
 class LeanCache:
-    """Keys and values of one request, [layers, kv_heads, capacity, head_dim] float32 arrays,
-    preallocated; the first ``length`` positions are valid. A rollback only moves ``length``."""
+    """Keys and values of one request: $layout.
 
-    def __init__(self, shape: tuple[int, ...]) -> None:
-        self.keys = np.empty(shape, dtype=np.float32)
-        self.values = np.empty(shape, dtype=np.float32)
-        self.length = 0
+    Preallocated, the first ``length`` positions valid; a rollback only moves ``length`` back."""
 
+$init
     def get_seq_length(self) -> int:
         return self.length
 
@@ -852,6 +840,46 @@ class LeanCache:
         if tokens_to_remove > 0:
             raise ValueError(f"crop({tokens_to_remove}): pass minus the positions to drop")
         self.length += tokens_to_remove
+'''
+
+LEAN_SUPPORTED = """\
+        config = model.config
+        problems = []
+        if config.model_type != "llama":
+            problems.append(f"model_type {config.model_type!r} (only 'llama')")
+        if getattr(config, "attention_bias", False) or getattr(config, "mlp_bias", False):
+            problems.append("attention or MLP biases")
+        if config.hidden_act != "silu":
+            problems.append(f"hidden_act {config.hidden_act!r} (only 'silu')")
+$extra        if problems:
+            raise NotImplementedError(
+                "LeanLlama writes out the plain Llama forward$where; this model has "
+                + ", ".join(problems)
+                + ": use $fix for it"
+            )
+"""
+
+LEAN_SUPPORTED_NUMPY = """\
+        if model.device.type != "cpu" or model.dtype != torch.float32:
+            problems.append(f"weights {model.dtype} on {model.device} (only float32 on the CPU)")
+"""
+
+LEAN_CACHE_TORCH = """\
+    def __init__(self, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> None:
+        self.keys = torch.empty(shape, dtype=dtype, device=device)
+        self.values = torch.empty(shape, dtype=dtype, device=device)
+        self.length = 0
+"""
+
+LEAN_CACHE_NUMPY = """\
+    def __init__(self, shape: tuple[int, ...]) -> None:
+        self.keys = np.empty(shape, dtype=np.float32)
+        self.values = np.empty(shape, dtype=np.float32)
+        self.length = 0
+"""
+
+LEAN_MODEL_NUMPY = '''
+$cache
 
 
 class LeanLlama:
@@ -866,22 +894,7 @@ class LeanLlama:
     """
 
     def __init__(self, model: torch.nn.Module) -> None:
-        config = model.config
-        problems = []
-        if config.model_type != "llama":
-            problems.append(f"model_type {config.model_type!r} (only 'llama')")
-        if getattr(config, "attention_bias", False) or getattr(config, "mlp_bias", False):
-            problems.append("attention or MLP biases")
-        if config.hidden_act != "silu":
-            problems.append(f"hidden_act {config.hidden_act!r} (only 'silu')")
-        if model.device.type != "cpu" or model.dtype != torch.float32:
-            problems.append(f"weights {model.dtype} on {model.device} (only float32 on the CPU)")
-        if problems:
-            raise NotImplementedError(
-                "LeanLlama writes out the plain Llama forward in numpy; this model has "
-                + ", ".join(problems)
-                + ": use matmul='torch' or forward='transformers' for it"
-            )
+$supported
         body = model.model
         self.heads = config.num_attention_heads
         self.kv_heads = config.num_key_value_heads
