@@ -717,11 +717,6 @@ class LeanLlama:
 
     def __init__(self, model: torch.nn.Module) -> None:
 $supported
-        body = model.model
-        self.heads = config.num_attention_heads
-        self.kv_heads = config.num_key_value_heads
-        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
-        self.intermediate = config.intermediate_size
         self.eps = config.rms_norm_eps
         self.embed = body.embed_tokens.weight
         self.layers = []
@@ -842,6 +837,7 @@ $init
         self.length += tokens_to_remove
 '''
 
+# The lean forwards' shared start of __init__: what they can write out, and their shapes.
 LEAN_SUPPORTED = """\
         config = model.config
         problems = []
@@ -857,6 +853,11 @@ $extra        if problems:
                 + ", ".join(problems)
                 + ": use $fix for it"
             )
+        body = model.model
+        self.heads = config.num_attention_heads
+        self.kv_heads = config.num_key_value_heads
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
+        self.intermediate = config.intermediate_size
 """
 
 LEAN_SUPPORTED_NUMPY = """\
@@ -895,11 +896,6 @@ class LeanLlama:
 
     def __init__(self, model: torch.nn.Module) -> None:
 $supported
-        body = model.model
-        self.heads = config.num_attention_heads
-        self.kv_heads = config.num_key_value_heads
-        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
-        self.intermediate = config.intermediate_size
         self.eps = np.float32(config.rms_norm_eps)
         self.scale = np.float32(self.head_dim**-0.5)
         self.embed = self._array(body.embed_tokens.weight)
