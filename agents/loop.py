@@ -75,6 +75,7 @@ class RoundResult:
     started: float = 0.0
     ended: float = 0.0
     hints: list[str] = field(default_factory=list)
+    also: dict[str, dict[str, Any]] = field(default_factory=dict)  # skills applied on the way
 
 
 @dataclass(slots=True)
@@ -295,6 +296,7 @@ class SynthesisLoop:
                 implementer_error = f"implementer: {error}"
                 break
             state.cost_usd += implementation.cost_usd
+            result.also = dict(implementation.details.get("also") or {})
             self.workspace.commit_phase(
                 number,
                 "implementer",
@@ -358,6 +360,10 @@ class SynthesisLoop:
         if evaluation.ratio > threshold:
             result.verdict = "accepted"
             self.roadmap.done(task.skill, f"{evaluation.ratio:.2f}x {self.baseline_name}", number)
+            for other, params in result.also.items():  # applied on the way: in place now too
+                if other != task.skill and self.roadmap.statuses().get(other) != "abandoned":
+                    self.roadmap.start(other, number, f"{params}")
+                    self.roadmap.done(other, f"applied by {task.skill} in round {number}", number)
             state.hints = tuple(evaluation.hints)
         else:
             result.verdict = "rejected"
@@ -416,9 +422,13 @@ class SynthesisLoop:
                     statuses=self.roadmap.statuses(),
                     attempts=self.roadmap.attempts(),
                     tried=frozenset(
-                        task_key(r["skill"], r["params"] or {})
+                        key
                         for r in self.workspace.rounds_as_dicts()
                         if r.get("skill")
+                        for key in [
+                            task_key(r["skill"], r["params"] or {}),
+                            *(task_key(k, v) for k, v in (r.get("also") or {}).items()),
+                        ]
                     ),
                     hints=state.hints,
                     accepted_ratios=tuple(state.accepted_ratios),

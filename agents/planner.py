@@ -7,7 +7,9 @@ Rules (the paper's, kept honest in code):
   says that no smaller task exists;
 - plateau: when the last three accepted results are within 5%, it pivots to a skill not yet done,
   and names the change that should break the plateau;
-- done skills may still be tuned (the rest of their parameter sweep), at half priority.
+- done skills may still be tuned (the rest of their parameter sweep), at half priority;
+- on equal gain, a skill that also turns on a technique not yet in place (``covers``) goes first:
+  one round then takes what two would.
 """
 
 from __future__ import annotations
@@ -85,7 +87,7 @@ class Planner:
                 f"plateau: the last {PLATEAU_WINDOW} accepted ratios ({window}) are "
                 f"within {PLATEAU_SPREAD:.0%}; pivoting to a technique not yet done"
             )
-        candidates: list[tuple[float, int, Task]] = []
+        candidates: list[tuple[float, int, int, Task]] = []
         for order, skill in enumerate(self.library.values()):
             status = state.statuses.get(skill.name, "todo")
             if status == "abandoned" or (self.needs_recipe and skill.recipe is None):
@@ -105,9 +107,11 @@ class Planner:
                 if status == "done":
                     why = f"tune {skill.name}: {hint.describe()}"
                 task = Task(state.round, skill.name, params, skill.size, why)
-                candidates.append((gain * weight, -order, task))
+                # covering a technique not yet in place takes more of the hint's gain at once
+                covered = sum(state.statuses.get(c, "todo") != "done" for c in skill.covers)
+                candidates.append((gain * weight, covered, -order, task))
         if state.last_failed_size is not None and candidates:
-            smaller = [c for c in candidates if c[2].size < state.last_failed_size]
+            smaller = [c for c in candidates if c[3].size < state.last_failed_size]
             if smaller:
                 notes.append(
                     f"the last round failed: only tasks smaller than size "
@@ -119,13 +123,13 @@ class Planner:
                     f"the last round failed, and no task is smaller than size "
                     f"{state.last_failed_size}: taking the smallest one left"
                 )
-                least = min(c[2].size for c in candidates)
-                candidates = [c for c in candidates if c[2].size == least]
+                least = min(c[3].size for c in candidates)
+                candidates = [c for c in candidates if c[3].size == least]
         if not candidates:
             notes.append("no skill's triggers match the current hints with an untried change")
             return Plan(None, notes)
-        candidates.sort(key=lambda c: (c[0], c[1]), reverse=True)
-        task = candidates[0][2]
+        candidates.sort(key=lambda c: (c[0], c[1], c[2]), reverse=True)
+        task = candidates[0][3]
         if pivot:
             notes.append(f"the change that should break the plateau: {task.skill} {task.params}")
         return Plan(task, notes)

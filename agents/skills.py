@@ -2,7 +2,9 @@
 
 Frontmatter: ``name`` (= folder), ``description`` (what and when), and ``metadata`` with
 ``triggers`` (Evaluator hint keywords), ``scenarios``, optional ``recipe`` (a script the offline
-backend runs) and ``params`` (the sweep space of the recipe, each a list of values).
+backend runs), ``params`` (the sweep space of the recipe, each a list of values) and ``covers``
+(skills whose technique the recipe turns on when it is missing: the planner prefers the covering
+skill when both answer the same hint equally).
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ class Skill:
     recipe: Path | None
     params: dict[str, list[Any]] = field(default_factory=dict)
     body: str = ""
+    # skills whose technique this one's recipe turns on when it is missing (metadata.covers)
+    covers: tuple[str, ...] = ()
 
     @property
     def size(self) -> int:
@@ -88,6 +92,13 @@ def parse_skill(skill_md: Path) -> Skill:
     params = extra.get("params") or {}
     if not isinstance(params, dict) or not all(isinstance(v, list) and v for v in params.values()):
         raise SkillError(f"{where}: metadata.params maps each parameter to a non-empty list")
+    covers = extra.get("covers") or []
+    if not isinstance(covers, list) or not all(
+        isinstance(c, str) and NAME_PATTERN.match(c) for c in covers
+    ):
+        raise SkillError(f"{where}: metadata.covers must be a list of skill names")
+    if name in covers:
+        raise SkillError(f"{where}: metadata.covers names the skill itself")
     return Skill(
         name=name,
         description=description.strip(),
@@ -97,6 +108,7 @@ def parse_skill(skill_md: Path) -> Skill:
         recipe=recipe_path,
         params=params,
         body=body,
+        covers=tuple(covers),
     )
 
 

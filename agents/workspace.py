@@ -130,6 +130,9 @@ class RoundRecord:
     reasons: list[str] = field(default_factory=list)  # why rejected or failed
     skill: str | None = None
     params: dict[str, Any] = field(default_factory=dict)
+    # other skills the change applied on the way (skill -> its params), e.g. re-alignment
+    # turning block verification on: the planner counts them as tried, the roadmap as done
+    also: dict[str, dict[str, Any]] = field(default_factory=dict)
     commit: str | None = None
     tag: str | None = None  # "round-{n}" when accepted
     started: str | None = None  # ISO 8601; an epoch float is converted
@@ -158,6 +161,7 @@ class RoundRecord:
         set_(self, "reasons", [str(reason) for reason in self.reasons or ()])
         set_(self, "hints", [str(hint) for hint in self.hints or ()])
         set_(self, "params", dict(self.params or {}))
+        set_(self, "also", {str(k): dict(v or {}) for k, v in (self.also or {}).items()})
         if self.verdict != "accepted" and not self.reasons:
             raise ValueError(f"round {self.round} is {self.verdict}: say why in `reasons`")
         for name in ("started", "ended"):
@@ -210,6 +214,7 @@ _RECORD_KEYS = (
     "reasons",
     "skill",
     "params",
+    "also",
     "started",
     "ended",
     "attempts",

@@ -29,6 +29,15 @@ def test_a_recipe_changes_the_engine_and_says_what_it_expects(engine_dir):
     assert done.summary and done.expected
 
 
+def test_a_recipe_names_the_skills_it_applied_on_the_way(engine_dir):
+    backend = OfflineBackend(load_library(scenario="predicted_outputs"))
+    done = backend.implement(
+        Task(1, "prediction-realignment", {"anchor": 3}, 2, "t"), engine_dir, []
+    )
+    assert done.skills_used == ["prediction-realignment", "prediction-block-verification"]
+    assert done.details["also"] == {"prediction-block-verification": {"block_size": 15}}
+
+
 def test_a_recipe_that_changes_nothing_is_refused(engine_dir):
     """openblas-matmul turns the lean forward on; lean-forward afterwards is a no-op round."""
     backend = OfflineBackend(load_library(scenario="predicted_outputs"))

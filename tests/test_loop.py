@@ -6,6 +6,7 @@ so rounds, retries, rollback, memory updates, budgets and resume are checked in 
 
 from __future__ import annotations
 
+import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -345,3 +346,41 @@ def test_the_confirmation_estimate_follows_the_engines_rates(tmp_path):
     loop._confirm_model = None
     loop._learn_confirm_cost(dataclasses.replace(first, report=None), 150.0)
     assert loop._confirm_estimate(state) == 300.0
+
+
+def test_a_technique_applied_on_the_way_is_done_and_counts_as_tried(tmp_path):
+    """A round whose change also turned on another skill (re-alignment turning block
+    verification on) marks that skill done and never re-runs the same change under its name."""
+
+    @dataclass
+    class CoveringBackend(ScriptedBackend):
+        def implement(self, task, engine_dir: Path, feedback):
+            done = ScriptedBackend.implement(self, task, engine_dir, feedback)
+            if task.skill == "bf16":  # stands in for a covering recipe
+                also = {"block-verify": {"block": 8}}
+                return Implementation(
+                    done.summary, [task.skill, *also], done.expected, details={"also": also}
+                )
+            return done
+
+    backend = CoveringBackend()
+    # bf16 (the covering stand-in) wins round 1: block-verify is out of the hints so it can't
+    evaluator = ScriptedEvaluator({"": 1.0, "bf16": 2.0, "block-verify {'block': 16}": 2.5})
+    loop, workspace = make_loop(tmp_path, backend, ScriptedJudge(), evaluator)
+    state = loop.measure_starter()
+    state.hints = (HINTS[1],)  # only memory-bandwidth: bf16 first
+    loop.run(state, 1)
+    rounds = workspace.rounds_as_dicts()
+    assert rounds[1]["skill"] == "bf16" and rounds[1]["verdict"] == "accepted"
+    assert rounds[1]["also"] == {"block-verify": {"block": 8}}
+    assert workspace.memory.statuses()["block-verify"] == "done"
+    memory_history = subprocess.run(
+        ["git", "-C", str(workspace.root), "log", "-p", "--", "memory.md"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "| block-verify | done | applied by bf16 in round 1 |" in memory_history
+    # block 8 counts as tried: the sweep went on to 16, never back to 8
+    block_calls = [params for skill, params, _ in backend.calls if skill == "block-verify"]
+    assert {"block": 8} not in block_calls

@@ -11,8 +11,12 @@ from agents.skills import Skill
 RECIPE = Path(__file__)  # any existing file: the planner only needs to know a recipe exists
 
 
-def skill(name: str, triggers: tuple[str, ...], params: dict | None = None) -> Skill:
-    return Skill(name, f"{name} skill", Path("."), triggers, (), RECIPE, params or {})
+def skill(
+    name: str, triggers: tuple[str, ...], params: dict | None = None, covers: tuple = ()
+) -> Skill:
+    return Skill(
+        name, f"{name} skill", Path("."), triggers, (), RECIPE, params or {}, covers=covers
+    )
 
 
 LIBRARY = {
@@ -50,6 +54,22 @@ def test_the_biggest_hint_picks_the_skill():
     assert plan.task.skill == "block-verify"
     assert plan.task.params == {"block": 8}
     assert "prediction-unused" in plan.task.why
+
+
+def test_on_equal_gain_a_skill_covering_a_missing_technique_goes_first():
+    library = dict(LIBRARY)
+    library["realign"] = skill(
+        "realign", ("prediction-unused", "low-acceptance"), {"anchor": [3]}, ("block-verify",)
+    )
+    plan = Planner(library).plan(state())
+    assert (plan.task.skill, plan.task.params) == ("realign", {"anchor": 3})
+    # once the covered technique is in place, covering it is worth nothing: table order again
+    plan = Planner(library).plan(state(statuses={"block-verify": "done"}))
+    assert plan.task.skill == "realign"  # block-verify is done: half priority
+    plan = Planner(library).plan(
+        state(statuses={"block-verify": "done", "realign": "done"}, hints=HINTS[:1])
+    )
+    assert plan.task.skill == "block-verify"  # equal weight now, earlier in the table
 
 
 def test_tried_params_move_the_sweep_on():

@@ -27,6 +27,7 @@ from agents.recipes.greedy_engine import (
     render_engine,
     write_engine,
 )
+from agents.skills import load_library
 from pytest_vibeserve.checkers.tokens import ExpectedTokens, check_token_equality
 from pytest_vibeserve.contract import FORWARD_COUNTER, EngineSpec, Event, Request
 from pytest_vibeserve.workloads.code_edit import perturb_prediction
@@ -92,6 +93,8 @@ def test_skill_md_is_well_formed(skill_dir):
     assert isinstance(extra.get("scenarios", []), list)
     if "recipe" in extra:
         assert (skill_dir / extra["recipe"]).is_file(), f"recipe {extra['recipe']} is missing"
+    covers = extra.get("covers", [])
+    assert isinstance(covers, list) and skill_dir.name not in covers
     params = extra.get("params", {})
     assert isinstance(params, dict)
     assert all(isinstance(values, list) and values for values in params.values())
@@ -200,8 +203,30 @@ def test_realignment_turns_on_verification_when_off(tmp_path):
     engine_dir = starter_copy(tmp_path)
     done = run_recipe("prediction-realignment", engine_dir)
     assert done.returncode == 0, done.stderr
-    assert load_features(engine_dir).verify_block == 16
-    assert "turned on" in json.loads(done.stdout)["summary"]
+    assert load_features(engine_dir).verify_block == 15
+    result = json.loads(done.stdout)
+    assert "turned on" in result["summary"]
+    assert result["also"] == {"prediction-block-verification": {"block_size": 15}}
+    # ...and says nothing of the kind once verification is already there
+    again = run_recipe("prediction-realignment", engine_dir, "anchor=2")
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["also"] == {}
+
+
+def test_a_covering_recipe_reports_what_it_turned_on(tmp_path):
+    """On the starter, each skill with ``covers`` turns on exactly the covered techniques and
+    reports them in ``also`` with the covered skill's own first sweep values, so the planner's
+    tried set and the roadmap match what the engine holds."""
+    library = load_library()
+    covering = [s for s in library.values() if s.covers]
+    assert {s.name for s in covering} >= {"prediction-realignment", "openblas-matmul"}
+    for skill in covering:
+        done = run_recipe(skill.name, starter_copy(tmp_path / skill.name))
+        assert done.returncode == 0, done.stderr
+        also = json.loads(done.stdout)["also"]
+        assert set(also) == set(skill.covers), skill.name
+        for name, params in also.items():
+            assert params == library[name].param_grid()[0], (skill.name, name)
 
 
 # --------------------------------------------------------------------------------------------------

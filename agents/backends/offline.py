@@ -57,9 +57,10 @@ class OfflineBackend:
             raise BackendError(
                 f"recipe {skill.name} {task.params} changed nothing: the engine already has it"
             )
+        also = result.get("also") or {}
         return Implementation(
             summary=result.get("summary", f"{task.skill} {task.params}"),
-            skills_used=[task.skill],
+            skills_used=[task.skill, *also],
             expected=result.get("expected", ""),
             details=result,
         )

@@ -1,7 +1,7 @@
 """The command line every recipe shares: ``recipe.py --engine-dir DIR [--param key=value ...]``.
 
 A recipe reads ``DIR/engine_features.json`` (absent = the starter), applies its change, re-renders
-``DIR/engine.py`` and prints one JSON line: ``{"skill", "params", "summary", "expected",
+``DIR/engine.py`` and prints one JSON line: ``{"skill", "params", "summary", "expected", "also",
 "features"}``. A wrong parameter exits with status 2 and a message naming the valid values.
 """
 
@@ -11,7 +11,7 @@ import argparse
 import json
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +62,9 @@ class Change:
     features: EngineFeatures
     summary: str
     expected: str
+    # other skills this change applied on the way (skill -> the params it used), e.g. block
+    # verification turned on by re-alignment: the loop counts them as tried and done
+    also: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 Apply = Callable[[EngineFeatures, dict[str, Any]], Change]
@@ -106,6 +109,7 @@ def run_recipe(
         "params": values,
         "summary": change.summary,
         "expected": change.expected,
+        "also": change.also,
         "features": change.features.to_dict(),
     }
     sys.stdout.write(json.dumps(result) + "\n")

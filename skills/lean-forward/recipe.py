@@ -14,12 +14,14 @@ from agents.recipes.greedy_engine import EngineFeatures
 
 def apply(features: EngineFeatures, params: dict) -> Change:
     note = "" if features.kv_cache == "static" else " (with its own preallocated KV cache)"
+    also = {} if features.kv_cache == "static" else {"static-kv-cache": {}}
     return Change(
         features.replace(forward="lean", kv_cache="static", compile="none"),
         summary="forward transformers -> lean: LeanLlama over the same weights, fused QKV and "
         f"gate/up matmuls, no per-step mask or cache objects{note}",
         expected="fewer aten ops per forward (~20 per layer instead of ~40): 15-40% less time per "
         "forward on a small many-layer model at batch 1; the same logits, so identical tokens",
+        also=also,
     )
 
 

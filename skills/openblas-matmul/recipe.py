@@ -14,6 +14,11 @@ from agents.recipes.greedy_engine import EngineFeatures
 
 def apply(features: EngineFeatures, params: dict) -> Change:
     note = "" if features.forward == "lean" else " (on the lean forward, which it needs)"
+    also = {}
+    if features.forward != "lean":
+        also["lean-forward"] = {}
+    if features.kv_cache != "static":
+        also["static-kv-cache"] = {}
     return Change(
         features.replace(
             matmul="openblas", forward="lean", kv_cache="static", compile="none", threads=1
@@ -24,6 +29,7 @@ def apply(features: EngineFeatures, params: dict) -> Change:
         expected="~1.5-2x less time per forward at 1-16 rows on this 2-core CPU (measured: "
         "31 vs 59 ms at 1 row); logits move in the last bits, so the Judge decides whether any "
         "near-tie flips",
+        also=also,
     )
 
 
