@@ -34,10 +34,24 @@ def test_low_acceptance_when_drafts_are_used_poorly():
 
 
 def test_prefill_bound_when_ttft_dominates():
-    keywords = [h.keyword for h in derive_hints(report(9.0, 90.0, 5000.0, 9000.0))]
+    keywords = [h.keyword for h in derive_hints(report(9.0, 600.0, 5000.0, 9000.0))]
     assert keywords == ["prefill-bound"]
 
 
 def test_a_well_used_prediction_gives_no_acceptance_hint():
-    keywords = [h.keyword for h in derive_hints(report(9.0, 200.0, 100.0, 9000.0))]
+    keywords = [h.keyword for h in derive_hints(report(9.0, 600.0, 100.0, 9000.0))]
     assert keywords == []
+
+
+def test_bandwidth_is_judged_per_forward_when_a_forward_emits_several_tokens():
+    """3 tokens per forward at 100% of the batch-1 roofline: each forward reads the weights at
+    a third of the bandwidth, which lower precision or a better kernel could still cut."""
+    hints = {h.keyword: h for h in derive_hints(report(3.0, 100.0, 100.0, 9000.0))}
+    assert "memory-bandwidth" in hints
+    assert "33% of the memory bandwidth" in hints["memory-bandwidth"].evidence
+    assert "3.00 tokens per forward" in hints["memory-bandwidth"].evidence
+    assert hints["memory-bandwidth"].estimated_gain > 1.5
+    # at one token per forward the figure is the roofline's own
+    one = {h.keyword: h for h in derive_hints(report(1.0, 50.0, 100.0, 9000.0))}
+    assert one["memory-bandwidth"].evidence.startswith("50% of the batch-1 roofline")
+    assert "memory-bandwidth" not in {h.keyword for h in derive_hints(report(3.0, 200, 1, 9e3))}
