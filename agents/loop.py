@@ -154,8 +154,8 @@ class SynthesisLoop:
         """Why no new round may start, or None.
 
         The wall budget covers the whole run: a round starts only if it (as long as the median
-        of the last three) and the final confirmation still fit, so the loop ends within the
-        budget instead of starting one past it.
+        of the last three rounds the Evaluator measured) and the final confirmation still fit, so
+        the loop ends within the budget instead of starting one past it.
         """
         budget = self.config.budget
         if round_number > budget.rounds:
@@ -446,7 +446,10 @@ class SynthesisLoop:
             self.workspace.commit_phase(number, "planner", f"{plan.task.skill} {plan.task.params}")
             round_started = self.clock()
             result = self.run_round(number, plan.task, state)
-            self._round_seconds.append(self.clock() - round_started)
+            if result.value is not None:
+                # Only measured rounds set the estimate: a recipe that changed nothing or a
+                # candidate the Judge rejected ends in seconds, and the next round may not.
+                self._round_seconds.append(self.clock() - round_started)
             result.ended = time.time()
             if result.verdict == "accepted":
                 result.tag = self.workspace.accept(

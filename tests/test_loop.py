@@ -16,7 +16,7 @@ from agents.backends.base import BackendError, Implementation
 from agents.evaluator import Evaluation, Hint
 from agents.judge import JudgeVerdict
 from agents.loop import Budget, LoopConfig, SynthesisLoop
-from agents.planner import Planner
+from agents.planner import Plan, Planner, Task
 from agents.skills import Skill
 from agents.workspace import Workspace
 
@@ -243,6 +243,52 @@ def test_a_round_starts_only_if_it_and_the_final_confirmation_still_fit(tmp_path
     assert all(evaluator.profiled[:-1])
     # only the confirmation runs the scenario's full workload (rounds may run a subset)
     assert evaluator.full == [False] * (len(evaluator.full) - 1) + [True]
+
+
+def test_rounds_that_end_before_measuring_do_not_shorten_the_round_estimate(tmp_path):
+    """Evaluations take 100 s, failed rounds 20 s. After two quick failures the next round may
+    still need the Evaluator: the estimate stays 100 s, so it does not start when it and the
+    confirmation no longer fit (a median over all rounds would have said ~20 s and overrun)."""
+    now = [0.0]
+
+    @dataclass
+    class SlowFailingBackend(ScriptedBackend):
+        def implement(self, task, engine_dir: Path, feedback):
+            if task.skill in self.fail_skills:
+                now[0] += 20.0
+            return ScriptedBackend.implement(self, task, engine_dir, feedback)
+
+    class ScriptedPlanner:
+        def __init__(self):
+            self.tasks = [("block-verify", {"block": 8}, 2), ("bf16", {}, 1), ("bf16", {}, 1)]
+            self.tasks += [("block-verify", {"block": 16}, 2)] * 3
+
+        def plan(self, state):
+            skill, params, size = self.tasks[state.round - 1]
+            return Plan(Task(state.round, skill, params, size, "scripted"))
+
+    evaluator = TimedEvaluator({"": 1.0, "block-verify {'block': 8}": 2.0}, now=now)
+    loop, workspace = make_loop(
+        tmp_path,
+        SlowFailingBackend(fail_skills={"bf16"}),
+        ScriptedJudge(),
+        evaluator,
+        budget=Budget(rounds=20, wall_s=420),
+    )
+    loop.planner = ScriptedPlanner()
+    loop.clock = lambda: now[0]
+    loop._started = 0.0
+    loop.run(loop.measure_starter(), 1)  # round 0: 0-100 s
+    # round 1 100-200 s (measured), bf16 fails at 220 s and 240 s; then 240 + 100 + 100 > 420
+    rounds = workspace.rounds_as_dicts()
+    assert [(r["skill"], r["verdict"]) for r in rounds[1:]] == [
+        ("block-verify", "accepted"),
+        ("bf16", "failed"),
+        ("bf16", "failed"),
+    ]
+    assert now[0] == 340.0 <= loop.config.budget.wall_s  # the confirmation ended at 340 s
+    assert loop._round_seconds == [100.0]
+    assert "a round takes ~100 s here" in (workspace.root / "progress.md").read_text()
 
 
 def test_the_confirmation_estimate_scales_to_the_full_workload(tmp_path):
