@@ -153,9 +153,9 @@ class SynthesisLoop:
     def _out_of_budget(self, round_number: int, state: LoopState) -> str | None:
         """Why no new round may start, or None.
 
-        The wall budget covers the whole run: a round starts only if it (as long as the median
-        of the last three rounds the Evaluator measured) and the final confirmation still fit, so
-        the loop ends within the budget instead of starting one past it.
+        The wall budget covers the whole run: a round starts only if it (as long as the last
+        round the Evaluator measured) and the final confirmation still fit, so the loop ends
+        within the budget instead of starting one past it.
         """
         budget = self.config.budget
         if round_number > budget.rounds:
@@ -163,8 +163,10 @@ class SynthesisLoop:
         elapsed = self.clock() - self._started
         if elapsed > budget.wall_s:
             return f"wall-time budget of {budget.wall_s:.0f} s spent"
-        recent = sorted(self._round_seconds[-3:])
-        next_round = recent[len(recent) // 2] if recent else 0.0
+        # As long as the last measured round: every round's A/B runs against the best engine so
+        # far, so rounds get cheaper as it gets faster (the first, against the starter, can take
+        # twice the later ones), and the last one ran against the current best.
+        next_round = self._round_seconds[-1] if self._round_seconds else 0.0
         confirm = self._confirm_estimate(state) if self.config.confirm else 0.0
         if elapsed + next_round + confirm > budget.wall_s:
             return (

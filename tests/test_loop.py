@@ -291,6 +291,36 @@ def test_rounds_that_end_before_measuring_do_not_shorten_the_round_estimate(tmp_
     assert "a round takes ~100 s here" in (workspace.root / "progress.md").read_text()
 
 
+def test_rounds_are_expected_to_cost_what_the_last_measured_one_did(tmp_path):
+    """The first A/B runs against the slow starter (200 s); once the best engine is fast, rounds
+    take 60 s. The loop plans with the last one, so it keeps going where a median over the
+    first rounds would have stopped it."""
+    now = [0.0]
+    seconds = iter([100.0, 200.0] + [60.0] * 20)
+
+    class FasterEvaluator(ScriptedEvaluator):
+        def evaluate(self, engine_dir, **kwargs):
+            now[0] += next(seconds)
+            return ScriptedEvaluator.evaluate(self, engine_dir, **kwargs)
+
+    ratios = {"": 1.0, "block-verify {'block': 8}": 2.0, "block-verify {'block': 16}": 2.5}
+    loop, workspace = make_loop(
+        tmp_path,
+        ScriptedBackend(),
+        ScriptedJudge(),
+        FasterEvaluator(ratios),
+        budget=Budget(rounds=20, wall_s=700),
+    )
+    loop.clock = lambda: now[0]
+    loop._started = 0.0
+    loop.run(loop.measure_starter(), 1)
+    # r0 0-100, r1 100-300 (the confirmation is learnt from it: 200 s), r2 300-360; at 360 the
+    # last round says 60 s: 360 + 60 + 200 <= 700, so r3 (bf16) runs 360-420; a median of
+    # r1 and r2 (200 s) would have stopped the loop at 360
+    assert [r["round"] for r in workspace.rounds_as_dicts()] == [0, 1, 2, 3]
+    assert now[0] <= 700
+
+
 def test_the_confirmation_estimate_scales_to_the_full_workload(tmp_path):
     """Rounds on half the requests: the confirmation (all of them) is reserved twice the time
     of the first A/B against the starter, so the loop stops one round earlier."""
