@@ -24,6 +24,9 @@ MATMUL_BOUND_SHARE = 0.7
 OVERHEAD_MIN_OPS_PER_FORWARD = 300
 LM_HEAD_MIN_SHARE = 0.2
 ATTENTION_MIN_SHARE = 0.3
+# Up to this many tokens per forward an engine decodes one token at a time (the prefill's first
+# token aside); above it, it drafts.
+ONE_TOKEN_PER_FORWARD = 1.05
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,7 +130,7 @@ def derive_hints(report: dict[str, Any], profile: dict[str, Any] | None = None) 
     hints = []
     per_forward = _number(candidate.get("tokens_per_forward"))
     acceptable = _number(stats.get("accepted_per_16_median"))
-    if per_forward <= 1.05 and acceptable > 2:
+    if per_forward <= ONE_TOKEN_PER_FORWARD and acceptable > 2:
         hints.append(
             Hint(
                 "prediction-unused",
@@ -136,7 +139,11 @@ def derive_hints(report: dict[str, Any], profile: dict[str, Any] | None = None) 
                 f"let ~{acceptable:.1f} of 16 drafted tokens be accepted",
             )
         )
-    elif per_forward > 1.05 and acceptable > 2 and per_forward < 0.6 * (acceptable + 1):
+    elif (
+        per_forward > ONE_TOKEN_PER_FORWARD
+        and acceptable > 2
+        and per_forward < 0.6 * (acceptable + 1)
+    ):
         # More tokens per forward do not come free: every drafted token is computed, and the
         # simulated ceiling assumes perfect re-alignment. Measured on the cpu workload: 1.34 ->
         # 3.1 tokens per forward (2.3x) bought 2.0x throughput at block 16, less at block 32.
@@ -153,13 +160,13 @@ def derive_hints(report: dict[str, Any], profile: dict[str, Any] | None = None) 
     # The roofline is per token at batch 1; an engine emitting several tokens per forward beats
     # it while each forward still reads the weights slowly. Per forward: the share of the
     # memory bandwidth its weight reads reach (= roofline % / tokens per forward).
-    per_read = efficiency / per_forward if per_forward > 1.05 else efficiency
+    per_read = efficiency / per_forward if per_forward > ONE_TOKEN_PER_FORWARD else efficiency
     if per_read < 60:
         evidence = (
             f"{efficiency:.0f}% of the batch-1 roofline "
             f"({_number(report['roofline']['roofline_tok_per_s']):.0f} tok/s)"
         )
-        if per_forward > 1.05:
+        if per_forward > ONE_TOKEN_PER_FORWARD:
             evidence = (
                 f"forwards read the weights at {per_read:.0f}% of the memory bandwidth "
                 f"({evidence} at {per_forward:.2f} tokens per forward)"
@@ -170,7 +177,7 @@ def derive_hints(report: dict[str, Any], profile: dict[str, Any] | None = None) 
         hints.append(
             Hint("prefill-bound", 1 / (1 - ttft / e2e), f"TTFT is {ttft / e2e:.0%} of latency")
         )
-    if per_forward <= 1.05:
+    if per_forward <= ONE_TOKEN_PER_FORWARD:
         hints.append(
             Hint("decode-bound", 1.2, f"TPOT p50 {_number(candidate.get('tpot_p50_ms')):.1f} ms")
         )

@@ -362,10 +362,11 @@ class SynthesisLoop:
         if evaluation.ratio > threshold:
             result.verdict = "accepted"
             self.roadmap.done(task.skill, f"{evaluation.ratio:.2f}x {self.baseline_name}", number)
-            for other, params in result.also.items():  # applied on the way: in place now too
+            for other in result.also:  # applied on the way: in place now too
                 if other != task.skill and self.roadmap.statuses().get(other) != "abandoned":
-                    self.roadmap.start(other, number, f"{params}")
-                    self.roadmap.done(other, f"applied by {task.skill} in round {number}", number)
+                    why = f"applied by {task.skill} in round {number}"
+                    self.roadmap.start(other, number, why)
+                    self.roadmap.done(other, why, number)
             state.hints = tuple(evaluation.hints)
         else:
             result.verdict = "rejected"

@@ -87,7 +87,8 @@ class Planner:
                 f"plateau: the last {PLATEAU_WINDOW} accepted ratios ({window}) are "
                 f"within {PLATEAU_SPREAD:.0%}; pivoting to a technique not yet done"
             )
-        candidates: list[tuple[float, int, int, Task]] = []
+        # (rank, task); rank = (weighted gain, techniques it would also turn on, table order)
+        candidates: list[tuple[tuple[float, int, int], Task]] = []
         for order, skill in enumerate(self.library.values()):
             status = state.statuses.get(skill.name, "todo")
             if status == "abandoned" or (self.needs_recipe and skill.recipe is None):
@@ -100,6 +101,8 @@ class Planner:
             if hint is None:
                 continue
             weight = 0.5 if status in ("done", "parked") else 1.0
+            # covering a technique not yet in place takes more of the hint's gain at once
+            covered = sum(state.statuses.get(c, "todo") != "done" for c in skill.covers)
             for params in skill.param_grid():
                 if task_key(skill.name, params) in state.tried:
                     continue
@@ -107,11 +110,9 @@ class Planner:
                 if status == "done":
                     why = f"tune {skill.name}: {hint.describe()}"
                 task = Task(state.round, skill.name, params, skill.size, why)
-                # covering a technique not yet in place takes more of the hint's gain at once
-                covered = sum(state.statuses.get(c, "todo") != "done" for c in skill.covers)
-                candidates.append((gain * weight, covered, -order, task))
+                candidates.append(((gain * weight, covered, -order), task))
         if state.last_failed_size is not None and candidates:
-            smaller = [c for c in candidates if c[3].size < state.last_failed_size]
+            smaller = [c for c in candidates if c[1].size < state.last_failed_size]
             if smaller:
                 notes.append(
                     f"the last round failed: only tasks smaller than size "
@@ -123,13 +124,12 @@ class Planner:
                     f"the last round failed, and no task is smaller than size "
                     f"{state.last_failed_size}: taking the smallest one left"
                 )
-                least = min(c[3].size for c in candidates)
-                candidates = [c for c in candidates if c[3].size == least]
+                least = min(task.size for _, task in candidates)
+                candidates = [c for c in candidates if c[1].size == least]
         if not candidates:
             notes.append("no skill's triggers match the current hints with an untried change")
             return Plan(None, notes)
-        candidates.sort(key=lambda c: (c[0], c[1], c[2]), reverse=True)
-        task = candidates[0][3]
+        task = max(candidates, key=lambda c: c[0])[1]
         if pivot:
             notes.append(f"the change that should break the plateau: {task.skill} {task.params}")
         return Plan(task, notes)
