@@ -208,7 +208,10 @@ def render_engine(features: EngineFeatures) -> str:
     if f.forward == "lean" and f.matmul == "openblas":
         cache = _fill(
             LEAN_CACHE_CLASS,
-            layout="float32 arrays, keys [layers, kv_heads, head_dim, capacity]\n    and values [layers, kv_heads, capacity, head_dim]",
+            layout=(
+                "float32 arrays, keys [layers, kv_heads, head_dim, capacity]\n"
+                "    and values [layers, kv_heads, capacity, head_dim]"
+            ),
             init=LEAN_CACHE_NUMPY,
         )
         supported = _fill(
