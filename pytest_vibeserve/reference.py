@@ -38,17 +38,24 @@ class ReferenceOutput:
         return ExpectedTokens(tokens=self.tokens, margins=self.margins)
 
 
+DEFAULT_BATCH = 16  # the reference CLI's default
+
+
 def materialize_model(scale_model: str, cache_dir: Path, model_path: Path | None = None) -> Path:
     """Build (once) and return the model directory for a scale's ``model`` entry.
 
     A model already in the cache is found in-process; a build runs in a subprocess, so its
     gigabyte-sized conversion leaves nothing behind in the pytest process.
     """
-    from reference_impls.models import cached_model_dir
+    from reference_impls.models import SCALES, cached_model_dir
 
-    scale = {"tiny": "tiny", "cpu": "cpu", "path": "gpu"}.get(scale_model)
+    built = [name for name in SCALES if name != "gpu"]
+    scale = "gpu" if scale_model == "path" else scale_model if scale_model in built else None
     if scale is None:
-        raise ReferenceError(f"unknown model {scale_model!r}; scales use tiny, cpu or path")
+        raise ReferenceError(
+            f"unknown model {scale_model!r}; a scale's model is one of {', '.join(built)} "
+            "(built by vibeserve) or path (--vibeserve-model)"
+        )
     if scale == "gpu" and model_path is None:
         raise ReferenceError(
             "this scale needs a real checkpoint: pass --vibeserve-model PATH (a transformers "
@@ -76,30 +83,43 @@ def _project_root() -> Path:
 
 class Reference:
     def __init__(
-        self, model_dir: Path, cache_dir: Path, *, device: str, dtype: str, threads: int
+        self,
+        model_dir: Path,
+        cache_dir: Path,
+        *,
+        device: str,
+        dtype: str,
+        threads: int,
+        batch: int = DEFAULT_BATCH,
     ) -> None:
+        """``batch``: requests decoded together (left-padded); 1 decodes each independently from
+        scratch, as a scenario whose model's batched numerics it does not trust asks for."""
         from reference_impls.models import model_fingerprint
 
+        if batch < 1:
+            raise ValueError(f"reference batch must be >= 1, got {batch}")
         self.model_dir = Path(model_dir)
         self.device = device
         self.dtype = dtype
         self.threads = threads
+        self.batch = batch
         self.fingerprint = model_fingerprint(self.model_dir)
         self.outputs_dir = Path(cache_dir) / "reference-outputs" / self.fingerprint[:16]
         self.outputs_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
 
     def _key(self, request: Request, top_k: int) -> str:
         # The prediction is deliberately not part of the key: greedy output ignores it.
-        material = json.dumps(
-            [
-                self.fingerprint,
-                self.dtype,
-                list(request.prompt_token_ids),
-                request.max_new_tokens,
-                list(request.stop_token_ids),
-                top_k,
-            ]
-        )
+        fields = [
+            self.fingerprint,
+            self.dtype,
+            list(request.prompt_token_ids),
+            request.max_new_tokens,
+            list(request.stop_token_ids),
+            top_k,
+        ]
+        if self.batch != DEFAULT_BATCH:  # the default keeps the keys of outputs already cached
+            fields.append(f"batch={self.batch}")
+        material = json.dumps(fields)
         return hashlib.sha256(material.encode()).hexdigest()[:32]
 
     def generate(
@@ -131,6 +151,7 @@ class Reference:
             command += ["--model", str(self.model_dir), "--requests", str(requests_file)]
             command += ["--out", str(out_file), "--threads", str(self.threads)]
             command += ["--device", self.device, "--dtype", self.dtype, "--top-k", str(top_k)]
+            command += ["--batch", str(self.batch)]
             env = {**os.environ, "OMP_NUM_THREADS": str(self.threads), "HF_HUB_OFFLINE": "1"}
             with log_file.open("wb") as log:
                 process = subprocess.Popen(

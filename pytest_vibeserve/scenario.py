@@ -42,6 +42,9 @@ class PerformanceSpec:
     baseline: str
     peers: tuple[str, ...]
     gates: Gates
+    # Every measured run on a newly started engine process (warmed up again, not timed): state an
+    # engine keeps across requests (a prefix cache) cannot carry one repeat's work into the next.
+    fresh_engine: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +78,13 @@ def find_scenario_root(path: Path) -> Path | None:
         if (directory / SPEC_FILE).is_file():
             return directory
     return None
+
+
+def _require_bool(table: dict[str, Any], key: str, default: bool, where: str) -> bool:
+    value = table.get(key, default)
+    if not isinstance(value, bool):
+        raise ScenarioError(f"{where}: {key} = {value!r} must be true or false")
+    return value
 
 
 def _require(table: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
@@ -139,6 +149,7 @@ def load_scenario(root: Path) -> Scenario:
         baseline=_require(perf, "baseline", str, at),
         peers=tuple(perf.get("peers", ())),
         gates=Gates(**gates),
+        fresh_engine=_require_bool(perf, "fresh_engine", False, at),
     )
     if performance.repeats < 2:
         raise ScenarioError(f"{at}: repeats must be >= 2 to estimate noise")

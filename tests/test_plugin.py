@@ -150,6 +150,14 @@ def test_direction_contradicting_the_metric_is_refused(pytester):
     result.stdout.fnmatch_lines(["*higher_is_better = False contradicts metric*"])
 
 
+def test_fresh_engine_must_be_a_boolean(pytester):
+    toml = SCENARIO_TOML + 'fresh_engine = "yes"\n'
+    make_scenario(pytester, "def test_x(vibeserve_scenario): pass", toml)
+    result = pytester.runpytest("toy", "--vibeserve-scale", "tiny")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*[[]performance[]]: fresh_engine = 'yes' must be true or false*"])
+
+
 def test_scenario_without_workload_fixture_says_so(pytester):
     make_scenario(pytester, "def test_x(vibeserve_workload): pass")
     result = pytester.runpytest("toy", "--vibeserve-scale", "tiny")
