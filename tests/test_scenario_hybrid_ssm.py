@@ -66,3 +66,15 @@ def test_recurrent_state_reused_after_its_kv_was_evicted_is_caught(pytester, vib
     # 0 and 1 come back after two others (prefix 2 is still whole); in the near-miss check the
     # burst's prefix comes back after the mixed ones (twin and shorter are fresh prefixes).
     assert wrong == {"req-3-p0", "req-4-p1", "nm-base", "nm-new-tail"}
+
+
+def test_a_correct_block_prefix_cache_passes_every_check(pytester, vibeserve_cache):
+    """The positive control: snapshots keyed by the exact tokens they hold, batched tails and
+    decode. It reuses prefixes (fewer forwards than the starter's one per token) and passes."""
+    result, report = run_scenario(
+        pytester, vibeserve_cache, "-k", "correctness", engine=WRONG_ENGINES / "block_prefix_cache"
+    )
+    result.assert_outcomes(passed=4)
+    integrity = next(c for c in report["correctness"]["checks"] if c["name"] == "integrity")
+    # 3 prefix blocks, 1 batched tail and 11 batched decode steps, against the starter's 6 x 12
+    assert integrity["stats"]["counters"]["model_forward_calls"] < 6 * 12
