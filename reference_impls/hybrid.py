@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from reference_impls.tiny import BOS_ID, EOS_ID, build_tokenizer
+from reference_impls.tiny import BOS_ID, EOS_ID, save_seeded_model
 
 if TYPE_CHECKING:  # torch and transformers load only when a model is built
     import torch
@@ -183,15 +183,12 @@ def _init_weights(model: torch.nn.Module, recipe: HybridRecipe) -> None:
 
 def build_hybrid(out_dir: Path, recipe: HybridRecipe) -> None:
     """Write config, safetensors weights, generation config and tokenizer files into out_dir."""
-    import torch
-    from transformers import GenerationConfig, NemotronHForCausalLM
+    from transformers import NemotronHForCausalLM
 
-    config = build_config(recipe)
-    with torch.random.fork_rng(devices=[]):  # transformers' own init draws from the global RNG
-        model = NemotronHForCausalLM(config)
-    _init_weights(model, recipe)
-    model.generation_config = GenerationConfig(
-        bos_token_id=BOS_ID, eos_token_id=EOS_ID, pad_token_id=EOS_ID, do_sample=False
+    save_seeded_model(
+        out_dir,
+        NemotronHForCausalLM,
+        build_config(recipe),
+        lambda model: _init_weights(model, recipe),
+        recipe.vocab_size,
     )
-    model.save_pretrained(out_dir)
-    build_tokenizer(recipe.vocab_size).save_pretrained(out_dir)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # torch and transformers load only when a model is built
     import torch
@@ -144,16 +145,35 @@ def _init_weights(model: torch.nn.Module, recipe: TinyRecipe) -> None:
 
 def build_tiny(out_dir: Path, recipe: TinyRecipe) -> None:
     """Write config, safetensors weights, generation config and tokenizer files into out_dir."""
-    import torch
-    from transformers import GenerationConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
-    config = build_config(recipe)
+    save_seeded_model(
+        out_dir,
+        LlamaForCausalLM,
+        build_config(recipe),
+        lambda model: _init_weights(model, recipe),
+        VOCAB_SIZE,
+    )
+
+
+def save_seeded_model(
+    out_dir: Path,
+    model_class: Callable[[Any], torch.nn.Module],
+    config: Any,
+    init: Callable[[torch.nn.Module], None],
+    vocab_size: int,
+) -> None:
+    """Build ``model_class(config)``, give it ``init``'s seeded weights, and write it with a greedy
+    generation config and the byte tokenizer of ``vocab_size`` ids."""
+    import torch
+    from transformers import GenerationConfig
+
     # Constructing the model runs transformers' random init on the global RNG; keep the caller's.
     with torch.random.fork_rng(devices=[]):
-        model = LlamaForCausalLM(config)
-    _init_weights(model, recipe)
+        model = model_class(config)
+    init(model)
     model.generation_config = GenerationConfig(
         bos_token_id=BOS_ID, eos_token_id=EOS_ID, pad_token_id=EOS_ID, do_sample=False
     )
     model.save_pretrained(out_dir)
-    build_tokenizer().save_pretrained(out_dir)
+    build_tokenizer(vocab_size).save_pretrained(out_dir)
