@@ -31,7 +31,12 @@ METRICS: dict[str, tuple[str, bool]] = {
     "e2e_p99_ms": ("ms", False),
     "peak_rss_mib": ("MiB", False),
     "tokens_per_forward": ("tok/forward", True),
+    "prefix_hit_fraction": ("fraction", True),
 }
+
+# The engine counter (optional) of prompt tokens served from a prefix cache instead of computed,
+# as vLLM's prefix-cache hit metrics count them.
+PREFIX_HIT_COUNTER = "prefix_cache_hit_tokens"
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -70,6 +75,9 @@ class RunMetrics:
     e2e_p99_ms: float
     peak_rss_mib: float
     tokens_per_forward: float  # output tokens per model forward: > 1 when drafts are accepted
+    # prompt tokens the engine served from its prefix cache / prompt tokens sent (NaN: the engine
+    # does not report PREFIX_HIT_COUNTER); engine-reported, so it informs hints, never verdicts
+    prefix_hit_fraction: float = math.nan
 
     def get(self, name: str) -> float:
         if name not in METRICS:
@@ -118,4 +126,13 @@ def compute_metrics(run: RunResult) -> RunMetrics:
         e2e_p99_ms=pct_ms(e2e, 99),
         peak_rss_mib=run.peak_rss_bytes / 2**20,
         tokens_per_forward=output_tokens / run.forward_calls if run.forward_calls else math.nan,
+        prefix_hit_fraction=_prefix_hit_fraction(run),
     )
+
+
+def _prefix_hit_fraction(run: RunResult) -> float:
+    hits = run.counter_delta(PREFIX_HIT_COUNTER)
+    prompt_tokens = sum(record.prompt_len for record in run.records.values())
+    if hits is None or not prompt_tokens:
+        return math.nan
+    return hits / prompt_tokens

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from pytest_vibeserve.scenario import SCALES
+from pytest_vibeserve.scenario import SCALE_NAME, SCALES
 
 
 def _engine_dir(value: str) -> Path:
@@ -27,6 +27,15 @@ def _engine_dir(value: str) -> Path:
             f"{value!r} has no engine.py; an engine directory defines create_engine(spec) there"
         )
     return path.resolve()
+
+
+def _scale(value: str) -> str:
+    if not SCALE_NAME.match(value):
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not a scale name; use {', '.join(SCALES)} or a scale the scenario's "
+            "scenario.toml defines ([scales.<name>], e.g. cpu-large)"
+        )
+    return value
 
 
 def _device(value: str) -> str:
@@ -146,9 +155,10 @@ def add_options(parser: pytest.Parser) -> None:
     add(
         "--vibeserve-scale",
         metavar="SCALE",
-        choices=SCALES,
+        type=_scale,
         default="cpu",
-        help=f"model scale, one of {', '.join(SCALES)}. Default: cpu.",
+        help=f"model scale: {', '.join(SCALES)} or one the scenario defines in its "
+        "scenario.toml (e.g. hybrid_ssm's cpu-large). Default: cpu.",
     )
     add(
         "--vibeserve-device",

@@ -18,6 +18,7 @@ from pytest_vibeserve.report import (
     package_version,
     write_report,
 )
+from pytest_vibeserve.scenario import ScenarioError, find_scenario_root, load_scenario
 from pytest_vibeserve.session import (
     BASELINE,
     CANDIDATE,
@@ -110,6 +111,7 @@ def pytest_collection(session: pytest.Session) -> bool | None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    _check_scale(config, items)
     for item in items:
         for name, (_, allowed) in MARKERS.items():
             for marker in item.iter_markers(name):
@@ -130,6 +132,20 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                         f"{item.nodeid}: checker={checker!r} is unknown; use one of "
                         f"{', '.join(sorted(CHECKERS))}"
                     )
+
+
+def _check_scale(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Every collected scenario must define the requested --vibeserve-scale: one usage error
+    naming the scales it has, not a traceback per test."""
+    if session_key not in config.stash:
+        return
+    vibe = config.stash[session_key]
+    roots = {root for item in items if (root := find_scenario_root(Path(item.path)))}
+    for root in sorted(roots):
+        try:
+            load_scenario(root).scale(vibe.options.scale)
+        except ScenarioError as error:
+            raise pytest.UsageError(str(error)) from None
 
 
 @pytest.hookimpl(wrapper=True)

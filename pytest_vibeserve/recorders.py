@@ -139,6 +139,8 @@ class Perf:
         repeats = self._session.options.repeats or spec.repeats
         roles = [CANDIDATE, *([BASELINE] if context.has_baseline else []), *context.peers]
         for role in roles:
+            if spec.fresh_engine:
+                context.fresh(role)
             context.warm_up(role, workload)
 
         def runner(role: str):
@@ -146,7 +148,10 @@ class Perf:
                 return lambda: context.run(role, workload, cached=False)
 
             def fresh_run():
-                context.restart(role)  # load and warm-up are not timed: only the run is
+                # a process that has served nothing but warm-ups, started and warmed before the
+                # clock starts: only the run is timed
+                context.fresh(role)
+                context.warm_up(role, workload)
                 return context.run(role, workload, cached=False)
 
             return fresh_run

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import subprocess
 from importlib import metadata
 from pathlib import Path
@@ -19,11 +20,14 @@ TABLE_COLUMNS = (
     ("engine", 18),
     ("tok/s", 8),
     ("TTFT p50 ms", 12),
+    ("TTFT p99 ms", 12),
     ("TPOT p50 ms", 12),
     ("e2e p50 ms", 11),
     ("e2e p99 ms", 11),
+    ("peak MiB", 9),
     ("roofline %", 11),
     ("tok/fwd", 8),
+    ("prefix hit", 11),
 )
 
 
@@ -214,11 +218,14 @@ def format_table(record: PerformanceRecord) -> list[str]:
             row["engine"],
             f"{row['output_tok_per_s']:.1f}",
             f"{row['ttft_p50_ms']:.1f}",
+            f"{row['ttft_p99_ms']:.1f}",
             f"{row['tpot_p50_ms']:.2f}",
             f"{row['e2e_p50_ms']:.0f}",
             f"{row['e2e_p99_ms']:.0f}",
+            f"{row['peak_rss_mib']:.0f}",
             "-" if row["roofline_pct"] is None else f"{row['roofline_pct']:.0f}",
             f"{row['tokens_per_forward']:.2f}",
+            "-" if math.isnan(row["prefix_hit_fraction"]) else f"{row['prefix_hit_fraction']:.0%}",
         ]
         lines.append(
             "".join(

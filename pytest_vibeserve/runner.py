@@ -69,6 +69,13 @@ class RunResult:
     peak_rss_bytes: int
     counters: dict[str, int]  # the engine's cumulative counters after the run
     forward_calls: int | None = None  # model forwards during this run (None: not counted)
+    counters_before: dict[str, int] = field(default_factory=dict)  # the same, before the run
+
+    def counter_delta(self, name: str) -> int | None:
+        """How much an engine counter grew during this run; None if it is not reported."""
+        if name not in self.counters:
+            return None
+        return self.counters[name] - self.counters_before.get(name, 0)
 
     @property
     def outputs(self) -> dict[str, list[int]]:
@@ -237,7 +244,8 @@ class EngineProcess:
         if len(set(ids)) != len(ids):
             raise ValueError("request ids in one run must be unique")
         by_id = {r.request_id: r for r in requests}
-        forwards_before = self.counters().get(FORWARD_COUNTER)
+        counters_before = self.counters()
+        forwards_before = counters_before.get(FORWARD_COUNTER)
         limit = concurrency or len(requests)
         offsets = list(arrival_offsets_s or [0.0] * len(requests))
         waiting = list(range(len(requests)))
@@ -276,7 +284,14 @@ class EngineProcess:
         if forwards_before is not None and forwards_after is not None:
             forwards = forwards_after - forwards_before
         return RunResult(
-            self.name, records, started, ended, self.peak_rss_bytes, counters, forwards
+            self.name,
+            records,
+            started,
+            ended,
+            self.peak_rss_bytes,
+            counters,
+            forwards,
+            counters_before,
         )
 
     def profile(

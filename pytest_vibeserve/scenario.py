@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -9,7 +10,8 @@ from typing import Any
 
 from pytest_vibeserve.metrics import METRICS
 
-SCALES = ("tiny", "cpu", "gpu")
+SCALES = ("tiny", "cpu", "gpu")  # every scenario's; a scenario may add its own (e.g. cpu-large)
+SCALE_NAME = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
 SPEC_FILE = "scenario.toml"
 
 
@@ -112,8 +114,11 @@ def load_scenario(root: Path) -> Scenario:
     workload = data.get("workload", {})
     scales = {}
     for scale_name, table in _require(data, "scales", dict, where).items():
-        if scale_name not in SCALES:
-            raise ScenarioError(f"{where}: unknown scale {scale_name!r}; use one of {SCALES}")
+        if not SCALE_NAME.match(scale_name):
+            raise ScenarioError(
+                f"{where}: scale name {scale_name!r} must be lowercase kebab-case, like "
+                f"{', '.join(SCALES)} or cpu-large"
+            )
         at = f"{where} [scales.{scale_name}]"
         scales[scale_name] = ScaleSpec(
             name=scale_name,

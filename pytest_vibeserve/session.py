@@ -69,6 +69,7 @@ class ScenarioContext:
         self._engines: dict[str, EngineProcess] = {}
         self._runs: dict[tuple[str, str], RunResult] = {}
         self._warmed: set[tuple[str, str]] = set()
+        self._served: set[str] = set()  # roles whose current process has run a workload
         self._memo: dict[str, Any] = {}
 
     def memo(self, key: str, factory: Callable[[], Any]) -> Any:
@@ -163,6 +164,13 @@ class ScenarioContext:
         if (process := self._engines.pop(role, None)) is not None:
             process.close()
         self._warmed = {key for key in self._warmed if key[0] != role}
+        self._served.discard(role)
+
+    def fresh(self, role: str) -> None:
+        """Make sure ``role``'s next run meets an engine that has served nothing but warm-ups
+        (restarting it only if it has: a new process costs a model load)."""
+        if role in self._served:
+            self.restart(role)
 
     def warm_up(self, role: str, workload: Workload) -> None:
         if workload.warmup and (role, workload.name) not in self._warmed:
@@ -175,6 +183,7 @@ class ScenarioContext:
         if cached and key in self._runs:
             return self._runs[key]
         self.warm_up(role, workload)
+        self._served.add(role)
         result = self.engine(role).run(
             workload.requests,
             concurrency=workload.concurrency,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 SCENARIO_TOML = """
 [scenario]
 name = "toy"
@@ -131,31 +133,32 @@ def test_fixture_outside_a_scenario_says_where_it_must_live(pytester):
 def test_scenario_without_the_scale_names_the_fix(pytester):
     make_scenario(pytester, "def test_x(vibeserve_context): pass")
     result = pytester.runpytest("toy", "--vibeserve-scale", "gpu")
-    result.assert_outcomes(errors=1)
-    result.stdout.fnmatch_lines(["*has no scale 'gpu'*add [[]scales.gpu[]]*"])
+    # one usage error at collection, not a traceback per test
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*has no scale 'gpu'*add [[]scales.gpu[]]*"])
 
 
 def test_broken_scenario_toml_names_the_key(pytester):
     toml = SCENARIO_TOML.replace('metric = "output_tok_per_s"', 'metric = "vibes"')
     make_scenario(pytester, "def test_x(vibeserve_scenario): pass", toml)
     result = pytester.runpytest("toy", "--vibeserve-scale", "tiny")
-    result.assert_outcomes(errors=1)
-    result.stdout.fnmatch_lines(["*metric 'vibes' is unknown; use one of output_tok_per_s*"])
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*metric 'vibes' is unknown; use one of output_tok_per_s*"])
 
 
 def test_direction_contradicting_the_metric_is_refused(pytester):
     toml = SCENARIO_TOML + "higher_is_better = false\n"
     make_scenario(pytester, "def test_x(vibeserve_scenario): pass", toml)
     result = pytester.runpytest("toy", "--vibeserve-scale", "tiny")
-    result.stdout.fnmatch_lines(["*higher_is_better = False contradicts metric*"])
+    result.stderr.fnmatch_lines(["*higher_is_better = False contradicts metric*"])
 
 
 def test_fresh_engine_must_be_a_boolean(pytester):
     toml = SCENARIO_TOML + 'fresh_engine = "yes"\n'
     make_scenario(pytester, "def test_x(vibeserve_scenario): pass", toml)
     result = pytester.runpytest("toy", "--vibeserve-scale", "tiny")
-    result.assert_outcomes(errors=1)
-    result.stdout.fnmatch_lines(["*[[]performance[]]: fresh_engine = 'yes' must be true or false*"])
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*[[]performance[]]: fresh_engine = 'yes' must be true or false*"])
 
 
 def test_scenario_without_workload_fixture_says_so(pytester):

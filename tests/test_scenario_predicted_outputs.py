@@ -35,7 +35,8 @@ def test_starter_passes_and_writes_the_report(pytester, vibeserve_cache):
         [
             "vibeserve: scale=tiny seed=0 *torch=2.13.0*",
             "*candidate*baseline*=*x ±*alternating repeats",
-            "engine*tok/s*TTFT p50 ms*TPOT p50 ms*e2e p50 ms*e2e p99 ms*roofline %*tok/fwd",
+            "engine*tok/s*TTFT p50 ms*TTFT p99 ms*TPOT p50 ms*e2e p50 ms*e2e p99 ms*peak MiB*"
+            "roofline %*tok/fwd*prefix hit",
             "candidate *",
             "baseline *",
             "roofline: * MiB of weights / * GB/s = * ms/token*",
@@ -116,7 +117,8 @@ def test_hanging_engine_is_a_failed_verdict_within_the_step_timeout(pytester, vi
 @pytest.mark.parametrize(
     ("option", "value", "message"),
     [
-        ("--vibeserve-scale", "huge", "*invalid choice: 'huge'*"),
+        ("--vibeserve-scale", "Huge!", "*'Huge!' is not a scale name; use tiny, cpu, gpu or*"),
+        ("--vibeserve-scale", "huge", "*scenario 'predicted_outputs' has no scale 'huge'*"),
         ("--vibeserve-engine", "/nonexistent", "*is not a directory; pass an engine directory*"),
         ("--vibeserve-device", "tpu", "*'tpu' is not a device; use cpu, cuda, cuda:N or mps*"),
         ("--vibeserve-seed", "-1", "*an integer seed '-1' must be >= 0*"),
