@@ -27,6 +27,19 @@ ATTENTION_MIN_SHARE = 0.3
 # Up to this many tokens per forward an engine decodes one token at a time (the prefill's first
 # token aside); above it, it drafts.
 ONE_TOKEN_PER_FORWARD = 1.05
+# A prefix cache is worth building when at least this share of the prompt tokens repeats a prefix
+# another request sent; it is working when the engine reports hits on half of those tokens.
+SHARED_PREFIX_MIN = 0.5
+# Measured on the cpu hybrid model: one decode forward over 16 rows costs ~4.5x one over 1 row,
+# so batching a decode-bound engine can gain up to ~3.6x on its decode time; 4 rounds it.
+BATCH_DECODE_SPEEDUP = 4.0
+# A decode step slower than this many times its roofline (weights read once at the measured
+# bandwidth, or the rows' matmul FLOPs at the measured peak) spends its time outside the math.
+DECODE_OVERHEAD_MIN = 2.0
+# Peak memory this much above the engine measured beside the candidate (and by this many MiB)
+# is worth bounding.
+PEAK_MEMORY_RATIO = 1.25
+PEAK_MEMORY_MIN_MIB = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,18 +185,117 @@ def derive_hints(report: dict[str, Any], profile: dict[str, Any] | None = None) 
                 f"({evidence} at {per_forward:.2f} tokens per forward)"
             )
         hints.append(Hint("memory-bandwidth", min(60 / max(per_read, 1.0), 3.0), evidence))
+    in_flight = _number(stats.get("concurrent_requests"))
+    concurrent = int(in_flight) if in_flight > 1 else 1
     ttft, e2e = _number(candidate.get("ttft_p50_ms")), _number(candidate.get("e2e_p50_ms"))
-    if e2e > 0 and ttft / e2e > 0.25:
+    if concurrent <= 1 and e2e > 0 and ttft / e2e > 0.25:
+        # one request at a time: TTFT is the prefill (with requests queued behind each other,
+        # it is mostly waiting, and the shares below say more)
         hints.append(
             Hint("prefill-bound", 1 / (1 - ttft / e2e), f"TTFT is {ttft / e2e:.0%} of latency")
         )
+    hints += concurrency_hints(report, candidate, stats, concurrent)
     if per_forward <= ONE_TOKEN_PER_FORWARD:
         hints.append(
             Hint("decode-bound", 1.2, f"TPOT p50 {_number(candidate.get('tpot_p50_ms')):.1f} ms")
         )
+    hints += memory_hints(report, candidate)
     if profile is not None:
         hints += profile_hints(profile)
     return sorted(hints, key=lambda hint: hint.estimated_gain, reverse=True)
+
+
+def memory_hints(report: dict[str, Any], candidate: dict[str, Any]) -> list[Hint]:
+    """Peak memory well above the engine measured beside the candidate (the baseline row)."""
+    baseline = next(
+        (row for row in report["performance"]["table"] if row["engine"] == "baseline"), None
+    )
+    if baseline is None:
+        return []
+    mine, theirs = _number(candidate.get("peak_rss_mib")), _number(baseline.get("peak_rss_mib"))
+    if not (mine > PEAK_MEMORY_RATIO * theirs and mine - theirs > PEAK_MEMORY_MIN_MIB):
+        return []
+    return [
+        Hint(
+            "peak-memory",
+            # not a speed gain: ranks after every speed hint, so it is fixed when they run out
+            1.01,
+            f"peak RSS {mine:.0f} MiB against {theirs:.0f} MiB for the engine measured beside it",
+        )
+    ]
+
+
+def decode_share(candidate: dict[str, Any], stats: dict[str, Any]) -> float:
+    """The share of the run's wall time spent in decode steps, estimated from the run's own
+    numbers: steps = (output tokens - one per request, from its prefill) / tokens per forward,
+    each as long as a TPOT; the rest of the wall time is prefill (and idle arrival gaps). NaN
+    when the numbers are missing."""
+    tok_s = _number(candidate.get("output_tok_per_s"))
+    tokens = _number(stats.get("output_tokens_total"))
+    requests = _number(stats.get("requests"))
+    per_forward = _number(candidate.get("tokens_per_forward"))
+    tpot = _number(candidate.get("tpot_p50_ms")) / 1000
+    if not (tok_s > 0 and tokens > 0 and requests > 0 and per_forward > 0 and tpot > 0):
+        return math.nan
+    steps = max(tokens - requests, 0.0) / max(per_forward, 1.0)
+    return min(steps * tpot / (tokens / tok_s), 1.0)
+
+
+def concurrency_hints(
+    report: dict[str, Any], candidate: dict[str, Any], stats: dict[str, Any], concurrent: int
+) -> list[Hint]:
+    """Many requests in flight at once, sharing prompt prefixes: recomputed prefixes, one-row
+    decode steps, decode steps far above their roofline."""
+    hints = []
+    decode = decode_share(candidate, stats)
+    if math.isnan(decode):
+        return hints
+    prefill = 1 - decode
+    shared = _number(stats.get("shared_prompt_fraction"))
+    requests = int(_number(stats.get("requests")) or 0)
+    hit = _number(candidate.get("prefix_hit_fraction"))
+    if shared >= SHARED_PREFIX_MIN and requests > 1 and not hit >= shared / 2:
+        # every request but the first could skip its shared prefix
+        reuse = shared * (requests - 1) / requests
+        reported = "not reported" if math.isnan(hit) else f"{hit:.0%}"
+        hints.append(
+            Hint(
+                "prefix-recompute",
+                1 / (1 - reuse * prefill),
+                f"{shared:.0%} of each prompt is a prefix other requests share, the engine's "
+                f"prefix-cache hits are {reported}, and prefill is ~{prefill:.0%} of the run",
+            )
+        )
+    per_forward = _number(candidate.get("tokens_per_forward"))
+    if concurrent > 1 and per_forward <= ONE_TOKEN_PER_FORWARD:
+        speedup = min(concurrent, BATCH_DECODE_SPEEDUP)
+        hints.append(
+            Hint(
+                "serial-decode",
+                1 / (prefill + decode / speedup),
+                f"{concurrent} requests may be in flight at once but every decode forward "
+                f"emits {per_forward:.2f} tokens (one row); decode is ~{decode:.0%} of the run",
+            )
+        )
+    roofline = report.get("roofline") or {}
+    bandwidth = _number(roofline.get("read_bandwidth_gbs")) * 1e9
+    flops = _number(roofline.get("matmul_gflops")) * 1e9
+    weights = _number(roofline.get("model_bytes"))
+    tpot = _number(candidate.get("tpot_p50_ms")) / 1000
+    rows = max(per_forward, 1.0)
+    if bandwidth > 0 and flops > 0 and weights > 0 and tpot > 0:
+        # fp32 weights: model_bytes / 4 parameters, 2 FLOPs each per row
+        ideal = max(weights / bandwidth, 2 * (weights / 4) * rows / flops)
+        if tpot > DECODE_OVERHEAD_MIN * ideal and decode > 0.2:
+            hints.append(
+                Hint(
+                    "decode-overhead",
+                    1 / (prefill + decode * ideal / tpot),
+                    f"a decode step over ~{rows:.1f} rows takes {tpot * 1000:.0f} ms against a "
+                    f"roofline of {ideal * 1000:.0f} ms; decode is ~{decode:.0%} of the run",
+                )
+            )
+    return hints
 
 
 class Evaluator:

@@ -21,6 +21,8 @@ from agents.judge import Judge
 from agents.planner import Planner, PlannerState, Task, task_key
 from agents.report import write_reports
 
+DEFAULT_MIN_GAIN = 0.02  # [loop] min_gain overrides it per scenario
+
 
 @dataclass(frozen=True, slots=True)
 class Budget:
@@ -40,7 +42,7 @@ class LoopConfig:
     seed: int = 0
     retries: int = 3
     budget: Budget = Budget()
-    min_gain: float = 0.02  # an accepted round beats the best by this much beyond the noise
+    min_gain: float = DEFAULT_MIN_GAIN  # accepted: beats the best by this much beyond the noise
     # Measure each candidate against the best engine so far (same-run A/B, ratio chained to the
     # baseline) instead of against the baseline: the comparison that decides acceptance, and at
     # the cpu scale several times cheaper than re-running a slow baseline every round.
@@ -99,6 +101,26 @@ def parse_hint(text: str) -> Hint:
     return Hint(match["keyword"], float(match["gain"]), match["evidence"])
 
 
+def ab_cost(evaluation: Evaluation, seconds: float) -> tuple[float, float, int] | None:
+    """An A/B of throughput engines that took ``seconds``, split into (fixed seconds: start-up,
+    warm-up, reference lookups; output tokens per engine run; repeats): per repeat, each engine
+    spends the tokens at its own rate. None when the run's numbers do not allow it."""
+    performance = (evaluation.report or {}).get("performance") or {}
+    tokens = (performance.get("workload_stats") or {}).get("output_tokens_total")
+    repeats = performance.get("repeats")
+    against, candidate = evaluation.baseline, evaluation.value
+    if (
+        evaluation.metric != "output_tok_per_s"
+        or not tokens
+        or not repeats
+        or not against > 0
+        or not candidate > 0
+    ):
+        return None
+    measuring = repeats * tokens * (1 / against + 1 / candidate)
+    return max(0.0, seconds - measuring), tokens, repeats
+
+
 def reason_for_abandon(reasons: list[str]) -> str:
     """A named, code-level reason from the Judge's findings (a number alone is never enough)."""
     head = reasons[0] if reasons else "rejected by the Judge"
@@ -139,6 +161,12 @@ class SynthesisLoop:
         self._confirm_seconds: float | None = None  # fallback: the first A/B's wall time, scaled
         # (fixed seconds, tokens per engine run of the full workload, starter tok/s, repeats)
         self._confirm_model: tuple[float, float, float, int] | None = None
+        # A round is a Judge run plus an A/B against the best engine: (the last Judge run's
+        # seconds, an A/B's fixed seconds, tokens per engine run, repeats), and the starter's
+        # tok/s on the rounds' workload (round 0), to which every ratio is chained.
+        self._judge_seconds = 0.0
+        self._round_model: tuple[float, float, int] | None = None
+        self._starter_value: float | None = None
 
     # -- helpers ---------------------------------------------------------------------------
     def _private(self, round_number: int) -> Path:
@@ -166,7 +194,7 @@ class SynthesisLoop:
         # As long as the last measured round: every round's A/B runs against the best engine so
         # far, so rounds get cheaper as it gets faster (the first, against the starter, can take
         # twice the later ones), and the last one ran against the current best.
-        next_round = self._round_seconds[-1] if self._round_seconds else 0.0
+        next_round = self._next_round_estimate(state)
         confirm = self._confirm_estimate(state) if self.config.confirm else 0.0
         if elapsed + next_round + confirm > budget.wall_s:
             return (
@@ -178,6 +206,26 @@ class SynthesisLoop:
             return f"dollar budget of ${budget.dollars:.2f} spent"
         return None
 
+    def _next_round_estimate(self, state: LoopState) -> float:
+        """How long the next round will take: the last measured round's seconds, or less when
+        the cost model says so. The model prices the next A/B against the best engine so far at
+        its speed (the candidate assumed no faster), plus the A/B's fixed seconds and the last
+        Judge run's: the first round's A/B runs the slow starter and its Judge run computes the
+        held-out references, so later rounds cost much less (hybrid_ssm at the cpu scale: ~300 s
+        for round 1, ~150 s after)."""
+        last = self._round_seconds[-1] if self._round_seconds else 0.0
+        if self._round_model is None or not self._starter_value:
+            return last
+        fixed, tokens, repeats = self._round_model
+        best = self._starter_value * state.best_ratio
+        measuring = repeats * tokens * 2 / best
+        return min(last, self._judge_seconds + fixed + measuring)
+
+    def _learn_round_cost(self, evaluation: Evaluation, seconds: float) -> None:
+        if (split := ab_cost(evaluation, seconds)) is not None:
+            fixed, tokens, repeats = split
+            self._round_model = (fixed, tokens, repeats)
+
     def _learn_confirm_cost(self, evaluation: Evaluation, seconds: float) -> None:
         """From the first A/B against the starter: what the final confirmation will cost.
 
@@ -186,21 +234,10 @@ class SynthesisLoop:
         full workload (``confirm_cost_scale`` times the rounds') with the best engine instead.
         """
         self._confirm_seconds = seconds * self.config.confirm_cost_scale
-        performance = (evaluation.report or {}).get("performance") or {}
-        tokens = (performance.get("workload_stats") or {}).get("output_tokens_total")
-        repeats = performance.get("repeats")
-        starter, candidate = evaluation.baseline, evaluation.value
-        if (
-            evaluation.metric != "output_tok_per_s"
-            or not tokens
-            or not repeats
-            or not starter > 0
-            or not candidate > 0
-        ):
-            return
-        measuring = repeats * tokens * (1 / starter + 1 / candidate)
-        fixed = max(0.0, seconds - measuring)
-        self._confirm_model = (fixed, tokens * self.config.confirm_cost_scale, starter, repeats)
+        if (split := ab_cost(evaluation, seconds)) is not None:
+            fixed, tokens, repeats = split
+            scaled = tokens * self.config.confirm_cost_scale
+            self._confirm_model = (fixed, scaled, evaluation.baseline, repeats)
 
     def _confirm_estimate(self, state: LoopState) -> float:
         if state.best_round == 0:
@@ -229,6 +266,7 @@ class SynthesisLoop:
         )
         if not evaluation.ok:
             raise RuntimeError(f"the starter could not be measured: {evaluation.problem}")
+        self._starter_value = evaluation.value
         record = RoundResult(
             0,
             None,
@@ -261,6 +299,7 @@ class SynthesisLoop:
         rounds = self.workspace.rounds_as_dicts()
         accepted = [r for r in rounds if r["verdict"] == "accepted" and r["ratio"] is not None]
         best = max(accepted, key=lambda r: r["ratio"])
+        self._starter_value = next((r["value"] for r in rounds if r["round"] == 0), None)
         last = rounds[-1]
         failed_size = None
         if last["verdict"] != "accepted" and last.get("skill"):
@@ -304,12 +343,14 @@ class SynthesisLoop:
                 "implementer",
                 f"{implementation.summary} (expects: {implementation.expected})",
             )
+            judge_started = self.clock()
             verdict = self.judge.judge(
                 self.workspace.engine_dir,
                 self.workspace.diff_since(f"round-{state.best_round}"),
                 heldout_seed=self._judge_seeds.choice(self._judge_pool),
                 work_dir=self._private(number),
             )
+            self._judge_seconds = self.clock() - judge_started
             self.workspace.commit_phase(
                 number, "judge", "passed" if verdict.passed else f"rejected: {verdict.reasons[0]}"
             )
@@ -343,6 +384,8 @@ class SynthesisLoop:
         )
         if state.best_round == 0 and self._confirm_seconds is None and evaluation.ok:
             self._learn_confirm_cost(evaluation, self.clock() - evaluation_started)
+        if evaluation.ok:
+            self._learn_round_cost(evaluation, self.clock() - evaluation_started)
         self.workspace.commit_phase(
             number,
             "evaluator",

@@ -17,7 +17,12 @@ from typing import Any
 
 from pytest_vibeserve.contract import EngineSpec
 from pytest_vibeserve.profiling import EngineProfile
-from pytest_vibeserve.reference import Reference, ReferenceError, materialize_model
+from pytest_vibeserve.reference import (
+    DEFAULT_BATCH,
+    Reference,
+    ReferenceError,
+    materialize_model,
+)
 from pytest_vibeserve.runner import EngineFailure, EngineProcess, Limits
 from pytest_vibeserve.scenario import ScaleSpec, ScenarioError, load_scenario
 from pytest_vibeserve.workload import Workload
@@ -83,24 +88,38 @@ def vocab_size(model_dir: Path) -> int | None:
 
 
 def public_workload(
-    scale: ScaleSpec, model_dir: Path, cache_dir: Path, *, threads: int, seed: int
+    scale: ScaleSpec,
+    model_dir: Path,
+    cache_dir: Path,
+    *,
+    threads: int,
+    seed: int,
+    reference_batch: int = DEFAULT_BATCH,
 ) -> Workload:
     """The workload the scenario's performance tests build for ``seed``.
 
-    Its reference outputs come from the cache that the Evaluator's performance run just filled.
+    Its reference outputs come from the cache that the Evaluator's performance run just filled
+    (``reference_batch`` is part of that cache's key: the scenario's ``[correctness]`` value).
     """
     kind = scale.workload.get("kind")
-    if kind != "code_edit":
+    builders = {"code_edit": "predicted", "shared_prefix": "shared_prefix"}
+    if kind not in builders:
         raise ProfileError(
             f"no public workload for [workload] kind = {kind!r}; teach "
             "agents/profiler.py:public_workload to build it as the scenario's conftest.py does"
         )
+    from importlib import import_module
+
     from transformers import AutoTokenizer
 
-    from pytest_vibeserve.workloads.predicted import build_workload
-
+    build_workload = import_module(f"pytest_vibeserve.workloads.{builders[kind]}").build_workload
     reference = Reference(
-        model_dir, cache_dir, device=scale.device, dtype=scale.dtype, threads=threads
+        model_dir,
+        cache_dir,
+        device=scale.device,
+        dtype=scale.dtype,
+        threads=threads,
+        batch=reference_batch,
     )
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     return build_workload(scale.workload, tokenizer, reference, seed)
@@ -145,7 +164,13 @@ def profile_candidate(
     # The workload is built while the worker loads the engine: both are seconds of imports.
     with ThreadPoolExecutor(max_workers=1) as pool:
         building = pool.submit(
-            public_workload, spec, model_dir, Path(cache_dir), threads=threads, seed=seed
+            public_workload,
+            spec,
+            model_dir,
+            Path(cache_dir),
+            threads=threads,
+            seed=seed,
+            reference_batch=int(scenario.correctness.get("reference_batch", DEFAULT_BATCH)),
         )
         try:
             with EngineProcess(engine_dir, engine_spec, name="profiled", limits=limits) as engine:

@@ -19,7 +19,7 @@ import pytest
 from agents.backends.offline import OfflineBackend
 from agents.evaluator import Evaluator
 from agents.judge import Judge
-from agents.loop import Budget, LoopConfig, SynthesisLoop
+from agents.loop import DEFAULT_MIN_GAIN, Budget, LoopConfig, SynthesisLoop
 from agents.planner import Planner
 from agents.pytest_runs import ScenarioRun
 from agents.skills import load_library
@@ -92,6 +92,7 @@ def run_one_loop(
         seed=seed,
         retries=int(scenario.loop.get("retries", 3)),
         judge_seeds=int(scenario.loop.get("judge_seeds", 3)),
+        min_gain=float(scenario.loop.get("min_gain", DEFAULT_MIN_GAIN)),
         budget=Budget(
             rounds=synth.rounds or int(scenario.loop.get("rounds", 24)),
             wall_s=(synth.budget_minutes or scenario.loop.get("budget_minutes") or 1e9) * 60,
@@ -127,7 +128,9 @@ def run_one_loop(
             planner=Planner(library, needs_recipe=backend.name == "offline"),
             backend=backend,
             judge=Judge(run, workload=scenario.loop.get("judge_workload", {}).get(options.scale)),
-            evaluator=Evaluator(run, workload=eval_workload),
+            evaluator=Evaluator(
+                run, workload=eval_workload, profile=bool(scenario.loop.get("profile", True))
+            ),
             on_progress=on_progress,
         )
         workspace.append_progress(f"loop start ({note}); backend {synth.backend}")

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import math
+
+import pytest
+
 from agents.evaluator import derive_hints
 
 
@@ -55,3 +59,92 @@ def test_bandwidth_is_judged_per_forward_when_a_forward_emits_several_tokens():
     one = {h.keyword: h for h in derive_hints(report(1.0, 50.0, 100.0, 9000.0))}
     assert one["memory-bandwidth"].evidence.startswith("50% of the batch-1 roofline")
     assert "memory-bandwidth" not in {h.keyword for h in derive_hints(report(3.0, 200, 1, 9e3))}
+
+
+# --------------------------------------------------------------------------------------------------
+# Concurrent workloads sharing prefixes (scenario hybrid_ssm)
+
+
+def shared_report(
+    *, tok_s: float, per_forward: float, tpot_ms: float, hit: float, peak=(1000.0, 1000.0)
+) -> dict:
+    """16 requests in flight at once, 97% of each prompt shared, 1,024 output tokens."""
+    row = {
+        "engine": "candidate",
+        "output_tok_per_s": tok_s,
+        "tokens_per_forward": per_forward,
+        "tpot_p50_ms": tpot_ms,
+        "roofline_pct": 10.0,
+        "ttft_p50_ms": 50_000.0,
+        "e2e_p50_ms": 55_000.0,
+        "prefix_hit_fraction": hit,
+        "peak_rss_mib": peak[0],
+    }
+    baseline = {**row, "engine": "baseline", "peak_rss_mib": peak[1]}
+    stats = {
+        "requests": 16,
+        "concurrent_requests": 16,
+        "output_tokens_total": 1024,
+        "shared_prompt_fraction": 0.97,
+    }
+    return {
+        "performance": {"table": [row, baseline], "workload_stats": stats},
+        "roofline": {
+            "roofline_tok_per_s": 71.0,
+            "read_bandwidth_gbs": 34.4,
+            "matmul_gflops": 143.0,
+            "model_bytes": 482_000_000,
+        },
+    }
+
+
+def by_keyword(hints):
+    return {hint.keyword: hint for hint in hints}
+
+
+def test_a_serial_engine_recomputing_a_shared_prefix_gets_cache_and_batching_hints():
+    # the starter at the cpu scale: 9 tok/s, one row per forward, 56 ms per token, no hits
+    hints = by_keyword(
+        derive_hints(shared_report(tok_s=9.0, per_forward=1.0, tpot_ms=56.0, hit=math.nan))
+    )
+    assert {"prefix-recompute", "serial-decode", "decode-overhead"} <= hints.keys()
+    assert "prefill-bound" not in hints  # queued requests' TTFT is waiting, not prefill
+    # decode: (1024 - 16) x 56 ms of the 114 s run = ~50%; the prefix is ~91% reusable
+    assert hints["prefix-recompute"].estimated_gain == pytest.approx(
+        1 / (1 - 0.909 * 0.505), rel=0.02
+    )
+    assert "not reported" in hints["prefix-recompute"].evidence
+    assert hints["serial-decode"].estimated_gain == pytest.approx(1 / (0.495 + 0.505 / 4), rel=0.02)
+
+
+def test_hits_reported_on_the_shared_prefix_silence_the_cache_hint():
+    report = shared_report(tok_s=60.0, per_forward=15.0, tpot_ms=100.0, hit=0.9)
+    hints = by_keyword(derive_hints(report))
+    assert "prefix-recompute" not in hints and "serial-decode" not in hints
+
+
+def test_a_batched_decode_step_far_above_its_roofline_is_overhead():
+    # 15 rows per step at 250 ms: the roofline is max(14 ms of weight reads, 25 ms of FLOPs)
+    hints = by_keyword(
+        derive_hints(shared_report(tok_s=31.0, per_forward=15.0, tpot_ms=250.0, hit=0.9))
+    )
+    assert "decode-overhead" in hints
+    assert "25 ms" in hints["decode-overhead"].evidence
+    # at 40 ms it is within 2x of it: no hint
+    hints = by_keyword(
+        derive_hints(shared_report(tok_s=90.0, per_forward=15.0, tpot_ms=40.0, hit=0.9))
+    )
+    assert "decode-overhead" not in hints
+
+
+def test_peak_memory_well_above_the_engine_beside_it_is_a_hint():
+    report = shared_report(
+        tok_s=60.0, per_forward=15.0, tpot_ms=100.0, hit=0.9, peak=(2000.0, 1400.0)
+    )
+    hint = by_keyword(derive_hints(report))["peak-memory"]
+    assert "2000 MiB against 1400 MiB" in hint.evidence
+    assert hint.estimated_gain < 1.05  # ranks after every speed hint
+    report = shared_report(
+        tok_s=60.0, per_forward=15.0, tpot_ms=100.0, hit=0.9, peak=(1500.0, 1400.0)
+    )
+    assert "peak-memory" not in by_keyword(derive_hints(report))
