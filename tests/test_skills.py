@@ -141,8 +141,14 @@ RECIPE_DIRS = [d for d in SKILL_DIRS if "recipe" in read_skill(d)[0]["metadata"]
 
 @pytest.mark.parametrize("skill_dir", RECIPE_DIRS, ids=skill_id)
 def test_recipe_changes_the_starter(skill_dir, tmp_path):
-    engine_dir = starter_copy(tmp_path)
-    params = read_skill(skill_dir)[0]["metadata"].get("params", {})
+    """Each recipe on the starter of its (first) scenario."""
+    meta = read_skill(skill_dir)[0]["metadata"]
+    scenario = (meta.get("scenarios") or ["predicted_outputs"])[0]
+    starter = ROOT / "scenarios" / scenario / "starter"
+    engine_dir = tmp_path / "engine"
+    shutil.copytree(starter, engine_dir)
+    before = load_features(engine_dir)
+    params = meta.get("params", {})
     first = [f"{key}={values[0]}" for key, values in params.items()]
     done = run_recipe(skill_dir.name, engine_dir, *first)
     assert done.returncode == 0, done.stderr
@@ -152,8 +158,8 @@ def test_recipe_changes_the_starter(skill_dir, tmp_path):
     assert result["summary"] and result["expected"]
     source = (engine_dir / "engine.py").read_text()
     compile(source, "engine.py", "exec")
-    assert load_features(engine_dir) != EngineFeatures()
-    assert source != (STARTER / "engine.py").read_text()
+    assert load_features(engine_dir) != before
+    assert source != (starter / "engine.py").read_text()
 
 
 @pytest.mark.parametrize(
@@ -221,7 +227,10 @@ def test_a_covering_recipe_reports_what_it_turned_on(tmp_path):
     covering = [s for s in library.values() if s.covers]
     assert {s.name for s in covering} >= {"prediction-realignment", "openblas-matmul"}
     for skill in covering:
-        done = run_recipe(skill.name, starter_copy(tmp_path / skill.name))
+        scenario = (skill.scenarios or ("predicted_outputs",))[0]
+        engine_dir = tmp_path / skill.name
+        shutil.copytree(ROOT / "scenarios" / scenario / "starter", engine_dir)
+        done = run_recipe(skill.name, engine_dir)
         assert done.returncode == 0, done.stderr
         also = json.loads(done.stdout)["also"]
         assert set(also) == set(skill.covers), skill.name

@@ -15,12 +15,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agents.recipes.greedy_engine import (
-    EngineFeatures,
-    FeatureError,
-    load_features,
-    write_engine,
-)
+from agents.recipes.engines import Features, load_features, write_engine
+from agents.recipes.greedy_engine import EngineFeatures, FeatureError
+from agents.recipes.hybrid_engine import HybridFeatures
+
+# what each features class is the engine of, for messages
+ENGINE_KINDS = {
+    EngineFeatures: "a predicted_outputs engine (no family in engine_features.json)",
+    HybridFeatures: 'a hybrid_ssm engine ("family": "hybrid" in engine_features.json)',
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +62,7 @@ class Param:
 class Change:
     """What a recipe did: the new features, a one-line summary and the expected effect."""
 
-    features: EngineFeatures
+    features: Features
     summary: str
     expected: str
     # other skills this change applied on the way (skill -> the params it used), e.g. block
@@ -67,12 +70,19 @@ class Change:
     also: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
-Apply = Callable[[EngineFeatures, dict[str, Any]], Change]
+Apply = Callable[[Features, dict[str, Any]], Change]
 
 
 def run_recipe(
-    skill: str, params: Sequence[Param], apply: Apply, argv: Sequence[str] | None = None
+    skill: str,
+    params: Sequence[Param],
+    apply: Apply,
+    argv: Sequence[str] | None = None,
+    *,
+    families: tuple[type, ...] = (EngineFeatures,),
 ) -> int:
+    """Apply a recipe to ``--engine-dir``; ``families`` are the features classes (engine kinds)
+    the recipe knows how to change: any other kind exits 2 naming what the directory holds."""
     parser = argparse.ArgumentParser(
         prog=f"skills/{skill}/recipe.py",
         description=f"Apply skill {skill!r} to an engine directory and re-render its engine.py.",
@@ -100,6 +110,11 @@ def run_recipe(
                 raise ValueError(f"--param {key}: unknown parameter; {skill} takes: {names}")
             values[key] = known[key].parse(text)
         current = load_features(args.engine_dir)
+        if not isinstance(current, families):
+            kinds = " or ".join(ENGINE_KINDS[family].split(" (")[0] for family in families)
+            raise FeatureError(
+                f"{skill} changes {kinds}; {args.engine_dir} holds {ENGINE_KINDS[type(current)]}"
+            )
         change = apply(current, values)
     except (ValueError, FeatureError) as error:
         parser.error(str(error))  # exits with status 2
@@ -116,6 +131,12 @@ def run_recipe(
     return 0
 
 
-def main_for(skill: str, params: Sequence[Param], apply: Apply) -> None:
+def main_for(
+    skill: str,
+    params: Sequence[Param],
+    apply: Apply,
+    *,
+    families: tuple[type, ...] = (EngineFeatures,),
+) -> None:
     """Entry point of a recipe script."""
-    sys.exit(run_recipe(skill, params, apply))
+    sys.exit(run_recipe(skill, params, apply, families=families))

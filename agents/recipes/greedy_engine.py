@@ -30,7 +30,6 @@ starter). Every feature selects real code in the rendered file, never a flag rea
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import textwrap
 from dataclasses import dataclass
@@ -55,8 +54,30 @@ class FeatureError(ValueError):
     """A feature value is invalid; the message names the valid values."""
 
 
+class FeatureSet:
+    """What every family's features dataclass shares: JSON round trip and functional updates."""
+
+    __slots__ = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Any:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise FeatureError(
+                f"unknown feature(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+            )
+        return cls(**data)
+
+    def replace(self, **changes: Any) -> Any:
+        return dataclasses.replace(self, **changes)
+
+
 @dataclass(frozen=True, slots=True)
-class EngineFeatures:
+class EngineFeatures(FeatureSet):
     kv_cache: str = "dynamic"
     verify_block: int = 0  # prediction tokens verified per forward; 0 = one token per forward
     realign: bool = False
@@ -117,22 +138,6 @@ class EngineFeatures:
                 "every step, so every step would recompile"
             )
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> EngineFeatures:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise FeatureError(
-                f"unknown feature(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
-            )
-        return cls(**data)
-
-    def replace(self, **changes: Any) -> EngineFeatures:
-        return dataclasses.replace(self, **changes)
-
     def describe(self) -> str:
         """One line naming every feature, for docstrings and summaries."""
         return " ".join(f"{k}={v}" for k, v in self.to_dict().items())
@@ -159,31 +164,19 @@ def _check_bool(name: str, value: Any) -> None:
 # State on disk
 
 
-def load_features(engine_dir: Path) -> EngineFeatures:
-    """The engine's recorded features; a directory without the file holds the starter (defaults)."""
-    path = Path(engine_dir) / FEATURES_FILE
-    if not path.is_file():
-        return EngineFeatures()
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise FeatureError(f"{path} is not valid JSON ({error}); delete it to start over") from None
-    if not isinstance(data, dict):
-        raise FeatureError(f"{path} must hold a JSON object of features")
-    return EngineFeatures.from_dict(data)
+def load_features(engine_dir: Path) -> Any:
+    """The engine's recorded features, of whichever family it names (``agents.recipes.engines``);
+    a directory without the file holds the predicted_outputs starter (defaults)."""
+    from agents.recipes import engines
+
+    return engines.load_features(engine_dir)
 
 
-def write_engine(engine_dir: Path, features: EngineFeatures) -> Path:
+def write_engine(engine_dir: Path, features: Any) -> Path:
     """Render ``engine.py`` for ``features`` into ``engine_dir`` and record the features."""
-    engine_dir = Path(engine_dir)
-    source = render_engine(features)
-    compile(source, str(engine_dir / ENGINE_FILE), "exec")  # never leave a broken engine behind
-    engine_dir.mkdir(parents=True, exist_ok=True)
-    # engine first, then the record of it: a kill in between leaves the old features, which the
-    # next recipe re-renders from; each file is replaced whole, never half-written
-    _replace(engine_dir / ENGINE_FILE, source)
-    _replace(engine_dir / FEATURES_FILE, json.dumps(features.to_dict(), indent=2) + "\n")
-    return engine_dir / ENGINE_FILE
+    from agents.recipes import engines
+
+    return engines.write_engine(engine_dir, features)
 
 
 def _replace(path: Path, text: str) -> None:
