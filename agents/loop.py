@@ -350,7 +350,9 @@ class SynthesisLoop:
                 heldout_seed=self._judge_seeds.choice(self._judge_pool),
                 work_dir=self._private(number),
             )
-            self._judge_seconds = self.clock() - judge_started
+            # held-out references are computed once per seed and cached: not a recurring cost
+            once = float((verdict.report or {}).get("reference_seconds") or 0.0)
+            self._judge_seconds = max(0.0, self.clock() - judge_started - once)
             self.workspace.commit_phase(
                 number, "judge", "passed" if verdict.passed else f"rejected: {verdict.reasons[0]}"
             )

@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,6 +107,7 @@ class Reference:
         self.fingerprint = model_fingerprint(self.model_dir)
         self.outputs_dir = Path(cache_dir) / "reference-outputs" / self.fingerprint[:16]
         self.outputs_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.computed_seconds = 0.0  # spent computing outputs the cache did not hold
 
     def _key(self, request: Request, top_k: int) -> str:
         # The prediction is deliberately not part of the key: greedy output ignores it.
@@ -130,7 +132,11 @@ class Reference:
             r for r in requests if not (self.outputs_dir / f"{keys[r.request_id]}.json").exists()
         ]
         if missing:
-            self._compute(missing, keys, top_k)
+            started = time.perf_counter()
+            try:
+                self._compute(missing, keys, top_k)
+            finally:
+                self.computed_seconds += time.perf_counter() - started
         outputs = {}
         for request in requests:
             data = json.loads((self.outputs_dir / f"{keys[request.request_id]}.json").read_text())

@@ -111,6 +111,7 @@ def merge_reports(reports: list[dict[str, Any]]) -> dict[str, Any]:
     if not reports:
         raise ValueError("no reports to merge")
     merged = dict(reports[0])
+    merged["reference_seconds"] = sum(r.get("reference_seconds") or 0.0 for r in reports)
     merged["correctness"] = summarize_correctness(
         [t for r in reports for t in r["correctness"]["tests"]],
         [c for r in reports for c in r["correctness"]["checks"]],
@@ -180,6 +181,11 @@ def build_report(session: VibeSession, rootdir: Path) -> dict[str, Any]:
         "correctness": correctness_section(session),
         "performance": performance_section(session),
         "roofline": roofline,
+        # seconds this session spent computing reference outputs its cache lacked: a one-time
+        # cost (the synthesis loop's budget excludes it from what later runs will take)
+        "reference_seconds": sum(
+            c._reference.computed_seconds for c in contexts if c._reference is not None
+        ),
     }
     return to_jsonable(report)
 

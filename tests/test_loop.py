@@ -424,6 +424,48 @@ def test_the_confirmation_estimate_follows_the_engines_rates(tmp_path):
     assert loop._confirm_estimate(state) == 300.0
 
 
+def test_the_round_estimate_prices_the_next_ab_at_the_best_engines_speed(tmp_path):
+    """The first round's A/B ran the slow starter and its Judge run computed the held-out
+    references (a one-time cost the Judge's report names): the next round is priced as the last
+    Judge run without them, the A/B's fixed seconds, and the tokens at the best engine's rate."""
+    from agents.loop import LoopState
+
+    loop, _ = make_loop(tmp_path, ScriptedBackend(), ScriptedJudge(), ScriptedEvaluator())
+    report = {"performance": {"repeats": 2, "workload_stats": {"output_tokens_total": 200}}}
+    first = Evaluation(True, "output_tok_per_s", "tok/s", True, 20.0, 10.0, 2.0, 0.01, [], report)
+    # 100 s = fixed + 2 repeats x 200 tokens x (1/10 + 1/20 s per token): fixed = 40 s
+    loop._learn_round_cost(first, 100.0)
+    loop._starter_value = 10.0
+    loop._round_seconds = [250.0]  # the whole first round, its Judge run included
+    state = LoopState(
+        best_ratio=2.0, best_round=1, hints=(), accepted_ratios=[], last_failed_size=None
+    )
+    # Judge 30 s + fixed 40 s + 2 x 200 x 2 / 20 tok/s = 110 s
+    loop._judge_seconds = 30.0
+    assert loop._next_round_estimate(state) == pytest.approx(110.0)
+    # never more than the last measured round took
+    loop._judge_seconds = 500.0
+    assert loop._next_round_estimate(state) == 250.0
+    # without a model (another metric): the last round's seconds
+    loop._round_model = None
+    assert loop._next_round_estimate(state) == 250.0
+
+    # the Judge's reference seconds are taken off its run time
+    clock = [0.0]
+
+    class TimedJudge(ScriptedJudge):
+        def judge(self, engine_dir, diff, *, heldout_seed, work_dir):
+            clock[0] += 120.0  # 90 s of it computing references
+            return JudgeVerdict(True, [], report={"reference_seconds": 90.0})
+
+    (tmp_path / "b").mkdir()
+    loop, _ = make_loop(tmp_path / "b", ScriptedBackend(), TimedJudge(), ScriptedEvaluator())
+    loop.clock = lambda: clock[0]
+    task = Task(1, "block-verify", {"block": 8}, 2, "scripted")
+    loop.run_round(1, task, loop.measure_starter())
+    assert loop._judge_seconds == pytest.approx(30.0)
+
+
 def test_a_technique_applied_on_the_way_is_done_and_counts_as_tried(tmp_path):
     """A round whose change also turned on another skill (re-alignment turning block
     verification on) marks that skill done and never re-runs the same change under its name."""
