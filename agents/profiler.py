@@ -102,7 +102,7 @@ def public_workload(
     (``reference_batch`` is part of that cache's key: the scenario's ``[correctness]`` value).
     """
     kind = scale.workload.get("kind")
-    builders = {"code_edit": "predicted", "shared_prefix": "shared_prefix"}
+    builders = {"code_edit": "predicted", "shared_prefix": "shared_prefix", "serving": "serving"}
     if kind not in builders:
         raise ProfileError(
             f"no public workload for [workload] kind = {kind!r}; teach "

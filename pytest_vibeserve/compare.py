@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from pytest_vibeserve.metrics import RunMetrics, compute_metrics, median
+from pytest_vibeserve.metrics import RunMetrics, Slo, compute_metrics, median
 from pytest_vibeserve.runner import RunResult
 from pytest_vibeserve.scenario import Gates
 
@@ -65,6 +65,7 @@ def compare_alternating(
     higher_is_better: bool,
     repeats: int,
     peers: dict[str, Callable[[], RunResult]] | None = None,
+    slo: Slo | None = None,
 ) -> Comparison:
     """Warm-up runs are the caller's job; every run here counts."""
     if repeats < 2:
@@ -74,12 +75,12 @@ def compare_alternating(
     ratios: list[float] = []
     for index in range(repeats):
         order = (run_candidate, run_baseline) if index % 2 == 0 else (run_baseline, run_candidate)
-        results = {id(fn): compute_metrics(fn()) for fn in order}
+        results = {id(fn): compute_metrics(fn(), slo) for fn in order}
         cand, base = results[id(run_candidate)], results[id(run_baseline)]
         candidate_runs.append(cand)
         baseline_runs.append(base)
         ratios.append(oriented_ratio(cand.get(metric), base.get(metric), higher_is_better))
-    peer_runs = _measure_peers(peers, repeats)
+    peer_runs = _measure_peers(peers, repeats, slo)
     center = median(ratios)
     return Comparison(
         metric=metric,
@@ -137,11 +138,11 @@ class NoiseGate:
 
 
 def _measure_peers(
-    peers: dict[str, Callable[[], RunResult]] | None, repeats: int
+    peers: dict[str, Callable[[], RunResult]] | None, repeats: int, slo: Slo | None = None
 ) -> dict[str, list[RunMetrics]]:
     """Peers are context, not the comparison: half the repeats (at least one) each."""
     return {
-        name: [compute_metrics(fn()) for _ in range(max(1, repeats // 2))]
+        name: [compute_metrics(fn(), slo) for _ in range(max(1, repeats // 2))]
         for name, fn in (peers or {}).items()
     }
 
@@ -154,14 +155,15 @@ def measure_alone(
     higher_is_better: bool,
     repeats: int,
     peers: dict[str, Callable[[], RunResult]] | None = None,
+    slo: Slo | None = None,
 ) -> Comparison:
     """The candidate (and peers) without a baseline: its median and the spread of its repeats."""
     if repeats < 1:
         raise ValueError("repeats must be >= 1")
-    candidate_runs = [compute_metrics(run_candidate()) for _ in range(repeats)]
+    candidate_runs = [compute_metrics(run_candidate(), slo) for _ in range(repeats)]
     values = [m.get(metric) for m in candidate_runs]
     center = median(values)
-    peer_runs = _measure_peers(peers, repeats)
+    peer_runs = _measure_peers(peers, repeats, slo)
     return Comparison(
         metric=metric,
         unit=unit,

@@ -17,6 +17,10 @@ from typing import Any, Protocol, runtime_checkable
 
 FACTORY_NAME = "create_engine"
 FORWARD_COUNTER = "model_forward_calls"
+# An engine may set ``capabilities`` (an iterable of these names) to say which optional request
+# fields it honours; a server refuses a request using a field the engine does not list.
+# ``prediction`` is a hint every engine may ignore, so it is always passed.
+CAPABILITIES = frozenset({"prediction", "response_format", "logprobs"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +52,9 @@ class Request:
     # OpenAI `prediction`: tokens the output should resemble. A hint to verify, never to trust.
     prediction_token_ids: tuple[int, ...] | None = None
     top_logprobs: int = 0  # when > 0, emit this many top logprobs per generated token
+    # OpenAI `response_format` (e.g. {"type": "json_schema", "json_schema": {...}}): only for
+    # engines that list "response_format" in their CAPABILITIES; others never receive one.
+    response_format: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if not self.prompt_token_ids:
@@ -68,6 +75,7 @@ class Request:
             stop_token_ids=tuple(data.get("stop_token_ids", ())),
             prediction_token_ids=None if prediction is None else tuple(prediction),
             top_logprobs=data.get("top_logprobs", 0),
+            response_format=data.get("response_format"),
         )
 
 

@@ -4,7 +4,9 @@ Definitions (vLLM's benchmark conventions): TTFT is request sent -> first token 
 (last token - first token) / (output tokens - 1) per request; ITL is each gap between consecutive
 token arrivals (tokens arriving in one batch share a time, so a speculative engine shows zero gaps
 inside a verified block); end-to-end latency is sent -> finished. Output tok/s is all output tokens
-over the run's wall time. Times are seconds here; reports convert to ms where the unit says so.
+over the run's wall time. Goodput (``Slo``, vLLM's ``--goodput``) is the requests that met every
+SLO given, per second of the run. Times are seconds here; reports convert to ms where the unit says
+so.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
+from typing import Any
 
 from pytest_vibeserve.runner import RunResult
 
@@ -32,11 +35,75 @@ METRICS: dict[str, tuple[str, bool]] = {
     "peak_rss_mib": ("MiB", False),
     "tokens_per_forward": ("tok/forward", True),
     "prefix_hit_fraction": ("fraction", True),
+    "goodput_req_per_s": ("req/s", True),
 }
 
 # The engine counter (optional) of prompt tokens served from a prefix cache instead of computed,
 # as vLLM's prefix-cache hit metrics count them.
 PREFIX_HIT_COUNTER = "prefix_cache_hit_tokens"
+
+
+@dataclass(frozen=True, slots=True)
+class Slo:
+    """Service-level objectives a request must all meet to count toward goodput (ms; None: no
+    objective on that latency). Keys as vLLM's ``--goodput``: ttft, tpot, e2el."""
+
+    ttft_ms: float | None = None
+    tpot_ms: float | None = None
+    e2el_ms: float | None = None
+
+    KEYS = ("ttft", "tpot", "e2el")
+
+    @classmethod
+    def parse(cls, text: str) -> Slo:
+        """``"ttft:2000 tpot:100"`` (commas or spaces between pairs) -> Slo."""
+        values: dict[str, float] = {}
+        for pair in text.replace(",", " ").split():
+            key, sep, raw = pair.partition(":")
+            if not sep or key not in cls.KEYS:
+                raise ValueError(
+                    f"{pair!r}: write KEY:MILLISECONDS with KEY one of {', '.join(cls.KEYS)}, "
+                    "e.g. ttft:2000 tpot:100"
+                )
+            try:
+                value = float(raw)
+            except ValueError:
+                raise ValueError(f"{pair!r}: {raw!r} is not a number of milliseconds") from None
+            if not value > 0:  # also rejects nan, which no latency could ever meet
+                raise ValueError(f"{pair!r}: an SLO must be a number > 0 ms")
+            values[f"{key}_ms"] = value
+        if not values:
+            raise ValueError("no SLO given; write e.g. ttft:2000 tpot:100")
+        return cls(**values)
+
+    @classmethod
+    def from_table(cls, table: dict[str, Any], where: str) -> Slo:
+        known = {f.name for f in fields(cls)}
+        if unknown := set(table) - known:
+            raise ValueError(f"{where}: unknown SLO key(s) {sorted(unknown)}; use {sorted(known)}")
+        values = {}
+        for key, raw in table.items():
+            try:
+                value = float(raw)
+            except (TypeError, ValueError):
+                raise ValueError(f"{where}.{key} = {raw!r}: a number of milliseconds") from None
+            if not value > 0:
+                raise ValueError(f"{where}.{key} = {raw!r}: an SLO must be a number > 0 ms")
+            values[key] = value
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, float]:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+    def __str__(self) -> str:
+        return " ".join(f"{k[:-3]}:{v:g}" for k, v in self.to_dict().items())
+
+    def met(self, ttft_s: float | None, tpot_s: float, e2el_s: float) -> bool:
+        checks = ((self.ttft_ms, ttft_s), (self.tpot_ms, tpot_s), (self.e2el_ms, e2el_s))
+        return all(
+            limit is None or (value is not None and value * 1000 <= limit)
+            for limit, value in checks
+        )
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -78,6 +145,12 @@ class RunMetrics:
     # prompt tokens the engine served from its prefix cache / prompt tokens sent (NaN: the engine
     # does not report PREFIX_HIT_COUNTER); engine-reported, so it informs hints, never verdicts
     prefix_hit_fraction: float = math.nan
+    ttft_mean_ms: float = math.nan
+    tpot_mean_ms: float = math.nan
+    itl_mean_ms: float = math.nan
+    e2e_mean_ms: float = math.nan
+    input_tokens: int = 0
+    goodput_req_per_s: float = math.nan  # NaN: no SLO given for this run
 
     def get(self, name: str) -> float:
         if name not in METRICS:
@@ -88,23 +161,33 @@ class RunMetrics:
         return asdict(self)
 
 
-def compute_metrics(run: RunResult) -> RunMetrics:
+def compute_metrics(run: RunResult, slo: Slo | None = None) -> RunMetrics:
     ttft, tpot, itl, e2e = [], [], [], []
     output_tokens = 0
+    good = 0
     for record in run.records.values():
         times = record.token_times
         output_tokens += len(record.token_ids)
+        first = times[0] - record.sent_at if times else None
+        request_tpot = 0.0  # vLLM's convention for a one-token output
         if times:
-            ttft.append(times[0] - record.sent_at)
+            ttft.append(first)
             itl.extend(b - a for a, b in itertools.pairwise(times))
             if len(times) > 1:
-                tpot.append((times[-1] - times[0]) / (len(times) - 1))
+                request_tpot = (times[-1] - times[0]) / (len(times) - 1)
+                tpot.append(request_tpot)
         end = record.finished_at if record.finished_at is not None else run.ended_at
         e2e.append(end - record.sent_at)
+        finished = record.finished_at is not None
+        if slo is not None and finished and slo.met(first, request_tpot, e2e[-1]):
+            good += 1
     wall = max(run.wall_s, 1e-9)
 
     def pct_ms(values: list[float], q: float) -> float:
         return percentile(values, q) * 1000
+
+    def mean_ms(values: list[float]) -> float:
+        return sum(values) / len(values) * 1000 if values else math.nan
 
     return RunMetrics(
         requests=len(run.records),
@@ -127,6 +210,12 @@ def compute_metrics(run: RunResult) -> RunMetrics:
         peak_rss_mib=run.peak_rss_bytes / 2**20,
         tokens_per_forward=output_tokens / run.forward_calls if run.forward_calls else math.nan,
         prefix_hit_fraction=_prefix_hit_fraction(run),
+        ttft_mean_ms=mean_ms(ttft),
+        tpot_mean_ms=mean_ms(tpot),
+        itl_mean_ms=mean_ms(itl),
+        e2e_mean_ms=mean_ms(e2e),
+        input_tokens=sum(record.prompt_len for record in run.records.values()),
+        goodput_req_per_s=good / wall if slo is not None else math.nan,
     )
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from pytest_vibeserve.metrics import Slo
 from pytest_vibeserve.scenario import SCALE_NAME, SCALES
 
 
@@ -135,6 +136,32 @@ def _baseline(value: str) -> str:
     return value
 
 
+def _slo(value: str) -> Slo:
+    try:
+        return Slo.parse(value)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _endpoint(value: str) -> str:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(value)
+    if parts.scheme not in {"http", "https"} or not parts.netloc:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not a server URL; write e.g. http://127.0.0.1:8000 (the server's base "
+            "URL, without /v1)"
+        )
+    return value.rstrip("/").removesuffix("/v1")
+
+
+def _new_dir(value: str) -> Path:
+    path = Path(value).expanduser()
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{value!r} exists and is not a directory")
+    return path.resolve()
+
+
 def default_cache_dir() -> Path:
     if env := os.environ.get("VIBESERVE_CACHE"):
         return Path(env).expanduser()
@@ -244,6 +271,37 @@ def add_options(parser: pytest.Parser) -> None:
         help="fail an engine whose resident memory exceeds this. Default: 16.",
     )
     add(
+        "--vibeserve-endpoint",
+        metavar="URL",
+        type=_endpoint,
+        default=None,
+        help="test an OpenAI-compatible server instead of an engine directory: the candidate's "
+        "requests go to URL/v1/completions (token-id prompts, streamed). Default: none.",
+    )
+    add(
+        "--vibeserve-endpoint-model",
+        metavar="NAME",
+        default=None,
+        help="the model name to ask --vibeserve-endpoint for. Default: the only one its "
+        "/v1/models lists.",
+    )
+    add(
+        "--vibeserve-goodput",
+        metavar="SLOS",
+        type=_slo,
+        default=None,
+        help="goodput's SLOs in ms, as vLLM's --goodput: e.g. 'ttft:2000 tpot:100' (keys ttft, "
+        "tpot, e2el). Default: the scenario's [performance] slo.",
+    )
+    add(
+        "--vibeserve-bench-dir",
+        metavar="DIR",
+        type=_new_dir,
+        default=None,
+        help="write every measured run as a JSON file with vllm bench serve's field names, for "
+        "existing plotting scripts. Default: none.",
+    )
+    add(
         "--vibeserve-cache",
         metavar="DIR",
         type=Path,
@@ -268,6 +326,10 @@ class Options:
     cache_dir: Path
     baseline: str | None = None
     workload: tuple[tuple[str, Any], ...] = ()
+    endpoint: str | None = None
+    endpoint_model: str | None = None
+    slo: Slo | None = None
+    bench_dir: Path | None = None
 
     @classmethod
     def from_config(cls, config: pytest.Config) -> Options:
@@ -294,4 +356,8 @@ class Options:
             cache_dir=(get("vibeserve_cache") or default_cache_dir()).expanduser().resolve(),
             baseline=get("vibeserve_baseline"),
             workload=tuple(get("vibeserve_workload") or ()),
+            endpoint=get("vibeserve_endpoint"),
+            endpoint_model=get("vibeserve_endpoint_model"),
+            slo=get("vibeserve_goodput"),
+            bench_dir=get("vibeserve_bench_dir"),
         )

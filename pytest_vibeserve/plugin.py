@@ -12,6 +12,7 @@ import pytest
 from pytest_vibeserve.options import Options, add_options
 from pytest_vibeserve.report import (
     build_report,
+    format_summary,
     format_table,
     git_commit,
     merge_reports,
@@ -208,6 +209,8 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
             terminalreporter.write_line(line)
         for message in record.gate_failures:
             terminalreporter.write_line(f"GATE FAILED: {message}")
+    for line in format_summary(session.performance):
+        terminalreporter.write_line(line)
     if session.options.report is not None:
         terminalreporter.write_line(f"report: {session.options.report}")
 

@@ -20,7 +20,7 @@ from pytest_vibeserve.compare import (
     measure_alone,
 )
 from pytest_vibeserve.contract import FORWARD_COUNTER
-from pytest_vibeserve.runner import RunResult
+from pytest_vibeserve.runner import EngineFailure, RunResult
 from pytest_vibeserve.session import (
     BASELINE,
     CANDIDATE,
@@ -29,6 +29,33 @@ from pytest_vibeserve.session import (
     VibeSession,
 )
 from pytest_vibeserve.workload import Workload
+
+
+class BenchWriter:
+    """Writes each measured run as ``vllm bench serve`` JSON under --vibeserve-bench-dir."""
+
+    def __init__(self, directory, context: ScenarioContext, workload: Workload) -> None:
+        self.directory = directory
+        self.context = context
+        self.workload = workload
+        self.count: dict[str, int] = {}
+
+    def write(self, role: str, run: RunResult) -> RunResult:
+        if self.directory is None:
+            return run
+        from pytest_vibeserve.bench_json import bench_result, write_bench_result
+
+        index = self.count[role] = self.count.get(role, 0) + 1
+        result = bench_result(
+            run,
+            self.workload,
+            backend=self.context.engine_source(role),
+            model_id=str(self.context.model_dir),
+            slo=self.context.slo,
+        )
+        name = f"{self.context.scenario.name}-{self.workload.name}-{role}-{index}.json"
+        write_bench_result(result, self.directory / name)
+        return run
 
 
 class Checks:
@@ -96,6 +123,11 @@ class Checks:
 
     def forward_counters(self, run: RunResult) -> CheckResult:
         """Integrity: the engine ran its model (a non-zero forward count it reports)."""
+        if self._context is not None and self._context.is_endpoint(run.engine):
+            pytest.skip(
+                f"{run.engine} is an OpenAI-compatible server: it reports no model-forward "
+                "counter, so this integrity check applies to engine directories only"
+            )
         count = run.counters.get(FORWARD_COUNTER)
         failures = []
         if count is None:
@@ -128,8 +160,19 @@ class Perf:
         self._context = context
         self._nodeid = nodeid
 
-    def compare(self, workload: Workload, *, metric: str | None = None) -> PerformanceRecord:
-        """Candidate vs baseline, alternating, plus the peers; recorded for the report."""
+    def compare(
+        self,
+        workload: Workload,
+        *,
+        metric: str | None = None,
+        label: str = "",
+        headline: bool = True,
+    ) -> PerformanceRecord:
+        """Candidate vs baseline, alternating, plus the peers; recorded for the report.
+
+        ``headline=False`` marks a measurement that gives context (a scenario's batch-1 speed
+        beside its headline under load): the report's headline and the loop's ratio come from
+        the first headline record. ``label`` names the workload in summary tables."""
         from pytest_vibeserve.metrics import METRICS
 
         context = self._context
@@ -137,27 +180,42 @@ class Perf:
         metric = metric or spec.metric
         unit, higher_is_better = METRICS[metric]
         repeats = self._session.options.repeats or spec.repeats
-        roles = [CANDIDATE, *([BASELINE] if context.has_baseline else []), *context.peers]
+        skipped = {peer: why for peer in context.peers if (why := context.peer_missing(peer))}
+        peer_roles = [peer for peer in context.peers if peer not in skipped]
+        roles = [CANDIDATE, *([BASELINE] if context.has_baseline else []), *peer_roles]
         for role in roles:
             if spec.fresh_engine:
                 context.fresh(role)
-            context.warm_up(role, workload)
+            if role not in peer_roles:
+                context.warm_up(role, workload)
+                continue
+            try:  # a peer is context for the table: one that cannot start is reported, not fatal
+                context.warm_up(role, workload)
+            except (EngineFailure, RuntimeError, OSError) as error:
+                skipped[role] = f"could not start or warm up: {str(error)[:600]}"
+                context.restart(role)
+        peer_roles = [peer for peer in peer_roles if peer not in skipped]
+        roles = [role for role in roles if role not in skipped]
+
+        bench = BenchWriter(self._session.options.bench_dir, context, workload)
 
         def runner(role: str):
             if not spec.fresh_engine:
-                return lambda: context.run(role, workload, cached=False)
+                return lambda: bench.write(role, context.run(role, workload, cached=False))
 
             def fresh_run():
                 # a process that has served nothing but warm-ups, started and warmed before the
                 # clock starts: only the run is timed
                 context.fresh(role)
                 context.warm_up(role, workload)
-                return context.run(role, workload, cached=False)
+                return bench.write(role, context.run(role, workload, cached=False))
 
             return fresh_run
 
-        measured = dict(metric=metric, unit=unit, higher_is_better=higher_is_better)
-        peers = {peer: runner(peer) for peer in context.peers}
+        measured = dict(
+            metric=metric, unit=unit, higher_is_better=higher_is_better, slo=context.slo
+        )
+        peers = {peer: runner(peer) for peer in peer_roles}
         comparison: Comparison
         if context.has_baseline:
             comparison = compare_alternating(
@@ -170,8 +228,12 @@ class Perf:
             workload=workload.name,
             comparison=comparison,
             roofline=self._session.roofline(context),
-            engines={role: str(context.engine_dir(role)) for role in roles},
+            engines={role: context.engine_source(role) for role in roles},
             workload_stats=dict(workload.stats),
+            peers_skipped=skipped,
+            slo=context.slo,
+            label=label or workload.name,
+            headline=headline,
         )
         self._session.performance.append(record)
         return record

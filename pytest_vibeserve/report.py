@@ -28,6 +28,7 @@ TABLE_COLUMNS = (
     ("roofline %", 11),
     ("tok/fwd", 8),
     ("prefix hit", 11),
+    ("goodput r/s", 12),
 )
 
 
@@ -121,10 +122,16 @@ def merge_reports(reports: list[dict[str, Any]]) -> dict[str, Any]:
     return merged
 
 
+def headline_record(session: VibeSession) -> PerformanceRecord | None:
+    """The first record measured as a headline (the report's ratio), else the first one."""
+    records = session.performance
+    return next((r for r in records if r.headline), records[0] if records else None)
+
+
 def performance_section(session: VibeSession) -> dict[str, Any] | None:
     if not session.performance:
         return None
-    headline = session.performance[0]
+    headline = headline_record(session)
     comparison = headline.comparison
     tests = [o for o in session.outcomes.values() if o.kind == "performance"]
     return {
@@ -146,9 +153,19 @@ def performance_section(session: VibeSession) -> dict[str, Any] | None:
         "workload": headline.workload,
         "workload_stats": headline.workload_stats,
         "comparisons": [
-            {"nodeid": r.nodeid, "workload": r.workload, **r.comparison.to_dict()}
+            {
+                "nodeid": r.nodeid,
+                "workload": r.workload,
+                "label": r.label,
+                "headline": r.headline,
+                "table": table_rows(r),
+                "peers_skipped": r.peers_skipped,
+                "slo": None if r.slo is None else r.slo.to_dict(),
+                **r.comparison.to_dict(),
+            }
             for r in session.performance
         ],
+        "peers_skipped": headline.peers_skipped,
         "tests": [{"nodeid": o.nodeid, "outcome": o.outcome, "message": o.message} for o in tests],
     }
 
@@ -158,17 +175,17 @@ def build_report(session: VibeSession, rootdir: Path) -> dict[str, Any]:
     contexts = list(session.contexts.values())
     context = contexts[0] if contexts else None
     roofline = None
-    if session.performance and session.performance[0].roofline is not None:
-        roofline = session.performance[0].roofline.to_dict()
-        candidate = session.performance[0].comparison
-        tok_s = median([m.output_tok_per_s for m in candidate.candidate_runs])
-        roofline["candidate_efficiency_pct"] = session.performance[0].roofline.efficiency_pct(tok_s)
+    headline = headline_record(session)
+    if headline is not None and headline.roofline is not None:
+        roofline = headline.roofline.to_dict()
+        tok_s = median([m.output_tok_per_s for m in headline.comparison.candidate_runs])
+        roofline["candidate_efficiency_pct"] = headline.roofline.efficiency_pct(tok_s)
     report = {
         "report_version": REPORT_VERSION,
         "vibeserve_version": __version__,
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "scenario": context.scenario.name if context else None,
-        "engine": str(context.engine_dir(CANDIDATE)) if context else None,
+        "engine": context.engine_source(CANDIDATE) if context else None,
         "scale": options.scale,
         "device": context.device if context else options.device,
         "threads": context.threads if context else options.threads,
@@ -177,7 +194,9 @@ def build_report(session: VibeSession, rootdir: Path) -> dict[str, Any]:
         "torch": package_version("torch"),
         "transformers": package_version("transformers"),
         "commit": git_commit(rootdir),
-        "engine_commit": git_commit(context.engine_dir(CANDIDATE)) if context else None,
+        "engine_commit": git_commit(context.engine_dir(CANDIDATE))
+        if context and not context.is_endpoint(CANDIDATE)
+        else None,
         "correctness": correctness_section(session),
         "performance": performance_section(session),
         "roofline": roofline,
@@ -232,6 +251,7 @@ def format_table(record: PerformanceRecord) -> list[str]:
             "-" if row["roofline_pct"] is None else f"{row['roofline_pct']:.0f}",
             f"{row['tokens_per_forward']:.2f}",
             "-" if math.isnan(row["prefix_hit_fraction"]) else f"{row['prefix_hit_fraction']:.0%}",
+            "-" if math.isnan(row["goodput_req_per_s"]) else f"{row['goodput_req_per_s']:.2f}",
         ]
         lines.append(
             "".join(
@@ -247,10 +267,62 @@ def format_table(record: PerformanceRecord) -> list[str]:
             f"({roof.roofline_tok_per_s:.0f} tok/s at batch 1); peak matmul "
             f"{roof.limits.matmul_gflops:.0f} GFLOP/s; {roof.limits.threads} thread(s)"
         )
+    if record.slo is not None:
+        lines.append(f"goodput SLOs (ms): {record.slo}")
+    for peer, why in record.peers_skipped.items():
+        lines.append(f"peer {peer} skipped: {why}")
     if record.workload_stats:
         stats = ", ".join(
             f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
             for k, v in record.workload_stats.items()
         )
         lines.append(f"workload stats: {stats}")
+    return lines
+
+
+SUMMARY_LATENCIES = (
+    ("TTFT p50", "ttft_p50_ms"),
+    ("TTFT p99", "ttft_p99_ms"),
+    ("TPOT p50", "tpot_p50_ms"),
+    ("TPOT p99", "tpot_p99_ms"),
+)
+
+
+def format_summary(records: list[PerformanceRecord]) -> list[str]:
+    """One table of every engine across a scenario's measurements: each record's output tok/s
+    (by label), then the headline record's latencies (ms) and goodput, and the roofline % of the
+    first non-headline record (batch-1 speed against the memory-bandwidth limit). Empty for fewer
+    than two records: the per-record table says it all."""
+    if len(records) < 2:
+        return []
+    headline = next((r for r in records if r.headline), records[0])
+    context = next((r for r in records if not r.headline), None)
+    by_record = [{row["engine"]: row for row in table_rows(r)} for r in records]
+    engines: list[str] = []
+    for rows in by_record:
+        engines += [name for name in rows if name not in engines]
+    columns = [f"{r.label} tok/s" for r in records]
+    columns += [name + " ms" for name, _ in SUMMARY_LATENCIES] + ["goodput r/s", "roofline %"]
+    width = max(12, *(len(c) + 2 for c in columns))
+    lines = [
+        "summary (medians; latencies and goodput under " + headline.label + ")",
+        "engine".ljust(18) + "".join(c.rjust(width) for c in columns),
+    ]
+    head_rows = by_record[records.index(headline)]
+    context_rows = by_record[records.index(context)] if context is not None else {}
+    for engine in engines:
+        cells = [
+            f"{rows[engine]['output_tok_per_s']:.1f}" if engine in rows else "-"
+            for rows in by_record
+        ]
+        row = head_rows.get(engine)
+        for _, key in SUMMARY_LATENCIES:
+            cells.append("-" if row is None else f"{row[key]:.1f}")
+        goodput = math.nan if row is None else row["goodput_req_per_s"]
+        cells.append("-" if math.isnan(goodput) else f"{goodput:.2f}")
+        roof = context_rows.get(engine, {}).get("roofline_pct")
+        cells.append("-" if roof is None else f"{roof:.0f}")
+        lines.append(engine.ljust(18) + "".join(c.rjust(width) for c in cells))
+    skipped = {p: why for r in records for p, why in r.peers_skipped.items()}
+    lines += [f"peer {peer} skipped: {why}" for peer, why in skipped.items()]
     return lines

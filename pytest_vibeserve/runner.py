@@ -142,6 +142,7 @@ class EngineProcess:
         self._log_path: Path | None = None
         self._failure: EngineFailure | None = None
         self.load_s: float | None = None
+        self.capabilities: frozenset[str] = frozenset()  # what the engine says it honours
 
     def __enter__(self) -> EngineProcess:
         self.start()
@@ -185,8 +186,9 @@ class EngineProcess:
         self._channel = Channel(parent_read, parent_write)
         started = self.clock()
         self._send({"op": "init", "spec": self.spec.to_dict()})
-        self._wait_for("ready", self.limits.load_timeout_s, phase="load")
+        ready = self._wait_for("ready", self.limits.load_timeout_s, phase="load")
         self.load_s = self.clock() - started
+        self.capabilities = frozenset(ready.get("capabilities") or ())
 
     def close(self) -> None:
         if self._process is not None and self._process.poll() is None:
@@ -293,6 +295,26 @@ class EngineProcess:
             forwards,
             counters_before,
         )
+
+    # -- incremental driving (a server in front of the engine) -------------------------------
+    def submit(self, request: Request) -> None:
+        """Queue one request now; its events come back through ``poll``."""
+        if self._failure is not None:
+            raise self._failure
+        self._send({"op": "add", "request": request.to_dict()})
+
+    def poll(self, timeout: float) -> list[Event]:
+        """The events that arrived within ``timeout`` seconds (possibly none), unchecked against
+        any request list: the caller owns request bookkeeping. Watches memory as ``run`` does."""
+        if self._failure is not None:
+            raise self._failure
+        events: list[Event] = []
+        for message in self._receive(timeout):
+            if message.get("type") != "events":
+                raise self._fail("protocol", f"unexpected message while serving: {message!r}")
+            events.extend(self._parse_event(raw) for raw in message.get("events", []))
+        self._watch(set(), self.clock())
+        return events
 
     def profile(
         self,

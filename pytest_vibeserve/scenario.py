@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pytest_vibeserve.metrics import METRICS
+from pytest_vibeserve.metrics import METRICS, Slo
 
 SCALES = ("tiny", "cpu", "gpu")  # every scenario's; a scenario may add its own (e.g. cpu-large)
 SCALE_NAME = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
@@ -27,6 +27,7 @@ class ScaleSpec:
     dtype: str
     threads: int
     workload: dict[str, Any]  # the scenario's [workload] table overlaid with [scales.<name>]
+    peers: tuple[str, ...] | None = None  # this scale's peers; None: [performance] peers
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +48,7 @@ class PerformanceSpec:
     # Every measured run on a newly started engine process (warmed up again, not timed): state an
     # engine keeps across requests (a prefix cache) cannot carry one repeat's work into the next.
     fresh_engine: bool = False
+    slo: Slo | None = None  # goodput's objectives ([performance] slo = {ttft_ms = ..., ...})
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +100,18 @@ def _require(table: dict[str, Any], key: str, kind: type | tuple[type, ...], whe
     return value
 
 
+def _slo(perf: dict[str, Any], at: str) -> Slo | None:
+    if "slo" not in perf:
+        return None
+    table = perf["slo"]
+    if not isinstance(table, dict):
+        raise ScenarioError(f"{at}: slo = {table!r} must be a table, e.g. {{ ttft_ms = 2000 }}")
+    try:
+        return Slo.from_table(table, f"{at}.slo")
+    except (TypeError, ValueError) as error:
+        raise ScenarioError(str(error)) from None
+
+
 def load_scenario(root: Path) -> Scenario:
     spec_path = Path(root) / SPEC_FILE
     if not spec_path.is_file():
@@ -127,6 +141,7 @@ def load_scenario(root: Path) -> Scenario:
             dtype=table.get("dtype", "float32"),
             threads=int(table.get("threads", 1)),
             workload={**workload, **table.get("workload", {})},
+            peers=tuple(table["peers"]) if "peers" in table else None,
         )
     perf = _require(data, "performance", dict, where)
     at = f"{where} [performance]"
@@ -155,6 +170,7 @@ def load_scenario(root: Path) -> Scenario:
         peers=tuple(perf.get("peers", ())),
         gates=Gates(**gates),
         fresh_engine=_require_bool(perf, "fresh_engine", False, at),
+        slo=_slo(perf, at),
     )
     if performance.repeats < 2:
         raise ScenarioError(f"{at}: repeats must be >= 2 to estimate noise")

@@ -11,17 +11,21 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pytest_vibeserve.checkers.result import CheckResult
 from pytest_vibeserve.compare import Comparison
 from pytest_vibeserve.contract import EngineSpec
+from pytest_vibeserve.metrics import Slo
 from pytest_vibeserve.options import Options
 from pytest_vibeserve.reference import DEFAULT_BATCH, Reference, materialize_model
 from pytest_vibeserve.roofline import MachineLimits, Roofline, measure_limits, roofline_for
 from pytest_vibeserve.runner import EngineProcess, Limits, RunResult
 from pytest_vibeserve.scenario import Scenario, ScenarioError, find_scenario_root, load_scenario
 from pytest_vibeserve.workload import Workload
+
+if TYPE_CHECKING:
+    from pytest_vibeserve.endpoint import EndpointEngine
 
 ENGINES_DIR = Path(__file__).resolve().parent.parent / "reference_impls" / "engines"
 CANDIDATE = "candidate"
@@ -47,6 +51,10 @@ class PerformanceRecord:
     gate_failures: list[str] = field(default_factory=list)
     workload_stats: dict[str, Any] = field(default_factory=dict)
     gates_skipped: list[str] = field(default_factory=list)  # not applicable, with why
+    peers_skipped: dict[str, str] = field(default_factory=dict)  # peer -> why it did not run
+    slo: Slo | None = None  # goodput's objectives in this run
+    label: str = ""  # a short name for summary tables (default: the workload's name)
+    headline: bool = True  # False: context beside the headline (e.g. batch-1 speed under load)
 
 
 class ScenarioContext:
@@ -66,7 +74,8 @@ class ScenarioContext:
         self.dtype = self.scale.dtype
         self._model_dir: Path | None = None
         self._reference: Reference | None = None
-        self._engines: dict[str, EngineProcess] = {}
+        self._engines: dict[str, EngineProcess | EndpointEngine] = {}
+        self._servers: dict[str, Any] = {}  # peer role -> its PeerServer, stopped at close
         self._runs: dict[tuple[str, str], RunResult] = {}
         self._warmed: set[tuple[str, str]] = set()
         self._served: set[str] = set()  # roles whose current process has run a workload
@@ -138,31 +147,84 @@ class ScenarioContext:
     def peers(self) -> tuple[str, ...]:
         chosen = self.options.peers
         if chosen is None:
+            if self.scale.peers is not None:
+                return self.scale.peers
             return self.scenario.performance.peers
         return tuple(entry.partition("=")[0] for entry in chosen)
 
-    def engine(self, role: str) -> EngineProcess:
+    def is_endpoint(self, role: str) -> bool:
+        """Whether ``role`` runs on an OpenAI-compatible server rather than an engine worker."""
+        from pytest_vibeserve.peers import is_peer
+
+        return (role == CANDIDATE and self.options.endpoint is not None) or is_peer(role)
+
+    def engine_source(self, role: str) -> str:
+        """What runs ``role``, for reports: an engine directory, a URL or a peer server."""
+        if role == CANDIDATE and self.options.endpoint is not None:
+            return self.options.endpoint
+        if self.is_endpoint(role):
+            from pytest_vibeserve.peers import PEERS
+
+            return f"peer {role}: {PEERS[role].description}"
+        return str(self.engine_dir(role))
+
+    def peer_missing(self, role: str) -> str | None:
+        """Why a peer cannot run here (not installed, no model for it), or None."""
+        from pytest_vibeserve.peers import PEERS, PeerUnavailable, gguf_q4, is_peer
+
+        if not is_peer(role):
+            return None
+        if reason := PEERS[role].missing(self.options.cache_dir):
+            return reason
+        if role == "llama_cpp_q4":
+            try:
+                gguf_q4(self.model_dir, self.options.cache_dir)
+            except PeerUnavailable as error:
+                return str(error)
+        return None
+
+    def engine(self, role: str) -> EngineProcess | EndpointEngine:
         if role not in self._engines:
-            spec = EngineSpec(
-                model_path=str(self.model_dir),
-                device=self.device,
-                dtype=self.dtype,
-                threads=self.threads,
-                options=dict(self.scenario.engine_options),
-            )
             limits = Limits(
                 step_timeout_s=self.options.step_timeout_s,
                 memory_bytes=int(self.options.memory_gib * 2**30),
             )
-            process = EngineProcess(self.engine_dir(role), spec, name=role, limits=limits)
-            self._engines[role] = process
-            process.start()
+            if self.is_endpoint(role):
+                engine = self._endpoint(role, limits)
+            else:
+                spec = EngineSpec(
+                    model_path=str(self.model_dir),
+                    device=self.device,
+                    dtype=self.dtype,
+                    threads=self.threads,
+                    options=dict(self.scenario.engine_options),
+                )
+                engine = EngineProcess(self.engine_dir(role), spec, name=role, limits=limits)
+            self._engines[role] = engine
+            engine.start()
         return self._engines[role]
+
+    def _endpoint(self, role: str, limits: Limits) -> EndpointEngine:
+        from pytest_vibeserve.endpoint import EndpointEngine
+        from pytest_vibeserve.peers import PeerServer, PeerUnavailable
+
+        if role == CANDIDATE:
+            return EndpointEngine(
+                self.options.endpoint, name=role, model=self.options.endpoint_model, limits=limits
+            )
+        if reason := self.peer_missing(role):
+            raise PeerUnavailable(reason)
+        server = PeerServer(role, self.model_dir, self.options.cache_dir, threads=self.threads)
+        server.start()
+        self._servers[role] = server
+        return EndpointEngine(server.base_url, name=role, limits=limits, pid=server.pid)
 
     def restart(self, role: str) -> None:
         """Stop ``role``'s engine process: the next use starts (and warms up) a new one."""
         if (process := self._engines.pop(role, None)) is not None:
             process.close()
+        if (server := self._servers.pop(role, None)) is not None:
+            server.close()
         self._warmed = {key for key in self._warmed if key[0] != role}
         self._served.discard(role)
 
@@ -184,19 +246,33 @@ class ScenarioContext:
             return self._runs[key]
         self.warm_up(role, workload)
         self._served.add(role)
-        result = self.engine(role).run(
+        engine = self.engine(role)
+        extra = {}
+        if cached and not getattr(engine, "streams_every_id", True):
+            # a check of tokens on a server that streams some ids lossily: whole replies
+            extra["stream"] = False
+        result = engine.run(
             workload.requests,
             concurrency=workload.concurrency,
             arrival_offsets_s=workload.arrival_offsets_s,
+            **extra,
         )
         if cached:
             self._runs[key] = result
         return result
 
+    @property
+    def slo(self) -> Slo | None:
+        """Goodput's SLOs: --vibeserve-goodput, else the scenario's [performance] slo."""
+        return self.options.slo or self.scenario.performance.slo
+
     def close(self) -> None:
         for process in self._engines.values():
             process.close()
         self._engines.clear()
+        for server in self._servers.values():
+            server.close()
+        self._servers.clear()
 
 
 class VibeSession:

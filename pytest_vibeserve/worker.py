@@ -53,7 +53,8 @@ def serve(channel: Channel, engine_dir: Path) -> int:
     try:
         init = channel.receive(timeout=None)[0]
         engine = load_engine(engine_dir, EngineSpec.from_dict(init["spec"]))
-        channel.send({"type": "ready"})
+        capabilities = sorted(str(c) for c in getattr(engine, "capabilities", ()) or ())
+        channel.send({"type": "ready", "capabilities": capabilities})
         phase = "serve"
         while True:
             busy = engine.has_unfinished_requests()

@@ -44,7 +44,7 @@ class FakeContext:
 
         spec = PerformanceSpec("output_tok_per_s", "tok/s", True, 2, "b", (), Gates(), fresh_engine)
         self.scenario = type("S", (), {"performance": spec})()
-        self.has_baseline, self.peers = True, ()
+        self.has_baseline, self.peers, self.slo = True, (), None
         self.starts = {"candidate": 1, "baseline": 1}
         self.served = {"candidate": 0, "baseline": 0}  # runs since the process started
 
@@ -61,6 +61,11 @@ class FakeContext:
 
     def engine_dir(self, role):
         return role
+
+    engine_source = engine_dir
+
+    def peer_missing(self, role):
+        return None
 
     def run(self, role, workload, cached=True):
         from pytest_vibeserve.runner import RequestRecord

@@ -36,7 +36,7 @@ def test_starter_passes_and_writes_the_report(pytester, vibeserve_cache):
             "vibeserve: scale=tiny seed=0 *torch=2.13.0*",
             "*candidate*baseline*=*x ±*alternating repeats",
             "engine*tok/s*TTFT p50 ms*TTFT p99 ms*TPOT p50 ms*e2e p50 ms*e2e p99 ms*peak MiB*"
-            "roofline %*tok/fwd*prefix hit",
+            "roofline %*tok/fwd*prefix hit*goodput r/s",
             "candidate *",
             "baseline *",
             "roofline: * MiB of weights / * GB/s = * ms/token*",

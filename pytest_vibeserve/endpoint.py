@@ -1,0 +1,543 @@
+"""Drives an OpenAI-compatible server (vLLM, llama.cpp, ``vibeserve serve``) like an engine.
+
+``EndpointEngine`` has the runner's interface (``start``, ``run``, ``counters``, ``close``) and
+returns the same ``RunResult``: the parent process sends every request to
+``/v1/completions`` at its scheduled time (token-id prompts, ``stream: true``, temperature 0) and
+stamps each token when its SSE chunk is read, so a server is timed exactly as a worker is.
+
+Token ids come back, in order of preference, as ``choices[i].token_ids`` (vLLM's and vibeserve's
+``return_token_ids``), as ``logprobs.content[j].id`` (llama.cpp) or as ``"token_id:N"`` logprob
+tokens (vLLM's ``return_tokens_as_token_ids``); ``start`` probes which one the server honours, and
+asks for one logprob per token where only that carries ids. A server that returns text alone
+fails at start with what to enable.
+
+What fails a run, each with a precise reason: an unreachable server, a model it does not serve,
+an HTTP error, a stream that stops sending for the step timeout (a hang), a stream that ends
+without a finish_reason, more tokens than ``max_tokens``, ``finish_reason: length`` before
+``max_tokens`` tokens, and a token count that disagrees with the server's own ``usage``.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from pytest_vibeserve.contract import Request
+from pytest_vibeserve.runner import EngineFailure, Limits, RequestRecord, RunResult
+
+ID_SOURCES = ("token_ids", "logprob_ids", "token_id_strings")
+LLAMA_CPP = "llama.cpp"  # its native /completion: return_tokens, tokens_predicted
+UNKNOWN_ID = -1  # a streamed position whose id the server did not send
+PROBE_PROMPT = (1, 2, 3, 4)
+
+
+class Stream:
+    """One streamed completion, read on its own thread; ``on_chunk`` gets (ids, logprobs, t)."""
+
+    def __init__(
+        self, engine: EndpointEngine, request: Request, path: str, body: dict[str, Any]
+    ) -> None:
+        self.engine = engine
+        self.request = request
+        self.path = path
+        self.body = body
+        self.connection: http.client.HTTPConnection | None = None
+
+    def lines(self) -> Iterator[tuple[str, float]]:
+        engine = self.engine
+        self.connection = engine.connect()
+        payload = json.dumps(self.body)
+        headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
+        try:
+            self.connection.request("POST", self.path, payload, headers)
+            response = self.connection.getresponse()
+        except (OSError, http.client.HTTPException) as error:
+            raise engine.failure(
+                "crash", f"request {self.request.request_id!r}: {error!r}"
+            ) from None
+        if response.status != 200:
+            text = response.read().decode(errors="replace")[:2000]
+            raise engine.failure(
+                "protocol",
+                f"request {self.request.request_id!r}: HTTP {response.status} from "
+                f"{engine.base_url}{self.path}: {text}",
+            )
+        try:
+            if not self.body.get("stream"):  # one JSON body: the whole completion at once
+                yield response.read().decode(errors="replace"), engine.clock()
+                yield "[DONE]", engine.clock()
+                return
+            for raw in response:
+                line = raw.decode(errors="replace").strip()
+                if line.startswith("data:"):
+                    yield line[5:].strip(), engine.clock()
+        except TimeoutError:
+            raise engine.failure(
+                "hang",
+                f"request {self.request.request_id!r}: the stream sent nothing for "
+                f"{engine.limits.step_timeout_s:g} s (timed out mid-stream)",
+            ) from None
+        except (OSError, http.client.HTTPException) as error:
+            raise engine.failure(
+                "crash", f"request {self.request.request_id!r}: the stream broke: {error!r}"
+            ) from None
+
+    def close(self) -> None:
+        if self.connection is not None:
+            self.connection.close()
+
+
+class EndpointEngine:
+    """An OpenAI-compatible server as an engine. ``pid``: the server's process, for its memory."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        name: str = "endpoint",
+        model: str | None = None,
+        limits: Limits | None = None,
+        pid: int | None = None,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        parts = urlsplit(base_url)
+        if parts.scheme not in {"http", "https"} or not parts.hostname:
+            raise ValueError(f"{base_url!r} is not an http(s) URL")
+        self.base_url = base_url.rstrip("/")
+        self._parts = parts
+        self.name = name
+        self.model = model
+        self.limits = limits or Limits()
+        self.pid = pid
+        self.clock = clock
+        self.capabilities: frozenset[str] = frozenset()
+        self.load_s: float | None = None
+        self.peak_rss_bytes = 0
+        self.id_source: str | None = None
+        self._failure: EngineFailure | None = None
+        self._streamed = True  # whether the run in progress streams
+
+    def __enter__(self) -> EndpointEngine:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- connection ----------------------------------------------------------------------------
+    def connect(self) -> http.client.HTTPConnection:
+        kind = (
+            http.client.HTTPSConnection
+            if self._parts.scheme == "https"
+            else http.client.HTTPConnection
+        )
+        return kind(self._parts.hostname, self._parts.port, timeout=self.limits.step_timeout_s)
+
+    def failure(self, kind: str, message: str) -> EngineFailure:
+        self._failure = EngineFailure(kind, f"[{self.name} at {self.base_url}] {message}")
+        return self._failure
+
+    def _get_json(self, path: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
+        connection = self.connect()
+        try:
+            if body is None:
+                connection.request("GET", path)
+            else:
+                headers = {"Content-Type": "application/json"}
+                connection.request("POST", path, json.dumps(body), headers)
+            response = connection.getresponse()
+            text = response.read().decode(errors="replace")
+        finally:
+            connection.close()
+        try:
+            return response.status, json.loads(text) if text else None
+        except json.JSONDecodeError:
+            return response.status, text
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def start(self) -> None:
+        """Check the server is up, serves the model, and returns token ids; learn how."""
+        started = self.clock()
+        try:
+            status, listing = self._get_json("/v1/models")
+        except OSError as error:
+            raise self.failure(
+                "load",
+                f"cannot reach the server ({error.__class__.__name__}: {error}); start it, or fix "
+                "the URL (--vibeserve-endpoint http://HOST:PORT)",
+            ) from None
+        if status != 200 or not isinstance(listing, dict):
+            raise self.failure("load", f"GET /v1/models answered HTTP {status}: {listing!r}")
+        served = [str(m.get("id")) for m in listing.get("data", []) if isinstance(m, dict)]
+        if self.model is None:
+            if len(served) != 1:
+                raise self.failure(
+                    "load",
+                    f"the server lists {len(served)} models ({', '.join(served) or 'none'}); name "
+                    "one with --vibeserve-endpoint-model",
+                )
+            self.model = served[0]
+        elif self.model not in served:
+            raise self.failure(
+                "load",
+                f"the server does not serve model {self.model!r}; it serves "
+                f"{', '.join(served) or 'nothing'} (fix --vibeserve-endpoint-model or the server)",
+            )
+        self.id_source = LLAMA_CPP if self._is_llama_cpp() else self._probe_id_source()
+        self.load_s = self.clock() - started
+
+    def _is_llama_cpp(self) -> bool:
+        """llama.cpp's server: its ``/props`` lists default generation settings."""
+        try:
+            status, props = self._get_json("/props")
+        except OSError:
+            return False
+        return status == 200 and isinstance(props, dict) and "default_generation_settings" in props
+
+    @property
+    def streams_every_id(self) -> bool:
+        """False for llama.cpp: it holds back tokens that end inside a UTF-8 character and then
+        streams only the last token of the batch (their ids are lost; their times are not).
+        Runs that check tokens use ``stream=False`` there."""
+        return self.id_source != LLAMA_CPP
+
+    def _probe_id_source(self) -> str:
+        tried = []
+        for logprobs in (None, 1):
+            request = Request("probe", PROBE_PROMPT, 2)
+            path, body = self.completion_body(request, stream=False, logprobs=logprobs)
+            status, reply = self._get_json(path, body)
+            if status != 200 or not isinstance(reply, dict) or not reply.get("choices"):
+                raise self.failure(
+                    "load",
+                    f"a 2-token completion of a token-id prompt answered HTTP {status}: "
+                    f"{str(reply)[:1000]} (the server must accept token-id prompts)",
+                )
+            choice = reply["choices"][0]
+            for source in ID_SOURCES:
+                ids, _ = read_choice(choice, source)
+                if ids:
+                    return source
+            tried.append(f"logprobs={logprobs}: {json.dumps(choice)[:300]}")
+        raise self.failure(
+            "load",
+            "the server returns text but no token ids, so its output cannot be compared with "
+            "the reference token by token; it ignored return_token_ids (vLLM, vibeserve serve), "
+            "return_tokens_as_token_ids and logprobs ids (llama.cpp). Replies: " + "; ".join(tried),
+        )
+
+    def close(self) -> None:
+        """The server belongs to whoever started it; nothing to stop here."""
+
+    def counters(self) -> dict[str, int]:
+        """A server reports no model-forward counter (integrity checks skip endpoints)."""
+        return {}
+
+    def log_tail(self) -> str:
+        return ""
+
+    # -- requests ------------------------------------------------------------------------------
+    def completion_body(
+        self, request: Request, *, stream: bool, logprobs: int | None = None
+    ) -> tuple[str, dict[str, Any]]:
+        """The path and JSON body of one greedy completion of a token-id prompt."""
+        if self.id_source == LLAMA_CPP:
+            body = {
+                "prompt": list(request.prompt_token_ids),
+                "n_predict": request.max_new_tokens,
+                "temperature": 0.0,
+                "stream": stream,
+                "return_tokens": True,
+                "ignore_eos": not request.stop_token_ids,
+            }
+            if request.top_logprobs:
+                body["n_probs"] = request.top_logprobs
+            if request.response_format is not None:
+                body["response_format"] = request.response_format
+            return "/completion", body
+        body = {
+            "model": self.model,
+            "prompt": list(request.prompt_token_ids),
+            "max_tokens": request.max_new_tokens,
+            "temperature": 0.0,
+            "stream": stream,
+            "return_token_ids": True,
+            "return_tokens_as_token_ids": True,
+            "ignore_eos": not request.stop_token_ids,
+        }
+        if stream:
+            body["stream_options"] = {"include_usage": True}
+        if request.stop_token_ids:
+            body["stop_token_ids"] = list(request.stop_token_ids)
+        top = max(request.top_logprobs, logprobs or 0)
+        if self.id_source in ("logprob_ids", "token_id_strings"):
+            top = max(top, 1)
+        if top:
+            body["logprobs"] = top
+        if request.prediction_token_ids is not None:
+            body["prediction"] = {"type": "content", "content": list(request.prediction_token_ids)}
+        if request.response_format is not None:
+            body["response_format"] = request.response_format
+        return "/v1/completions", body
+
+    def run(
+        self,
+        requests: Sequence[Request],
+        *,
+        concurrency: int | None = None,
+        arrival_offsets_s: Sequence[float] | None = None,
+        stream: bool = True,
+    ) -> RunResult:
+        """As ``EngineProcess.run``. ``stream=False`` asks for whole completions (every token then
+        arrives with the last): for servers that do not stream every token id."""
+        if self._failure is not None:
+            raise self._failure
+        if self.id_source is None:
+            raise RuntimeError("EndpointEngine.run() before start()")
+        if arrival_offsets_s is not None and len(arrival_offsets_s) != len(requests):
+            raise ValueError("arrival_offsets_s needs one offset per request")
+        ids = [r.request_id for r in requests]
+        if len(set(ids)) != len(ids):
+            raise ValueError("request ids in one run must be unique")
+        self._streamed = stream
+        inbox: queue.Queue[tuple[str, str, Any, float]] = queue.Queue()
+        streams: dict[str, Stream] = {}
+        records: dict[str, RequestRecord] = {}
+        in_flight: set[str] = set()
+        limit = concurrency or len(requests)
+        offsets = list(arrival_offsets_s or [0.0] * len(requests))
+        waiting = list(range(len(requests)))
+        started = self.clock()
+        last_progress = started
+        self.peak_rss_bytes = 0
+        try:
+            while waiting or in_flight:
+                now = self.clock()
+                while waiting and len(in_flight) < limit and started + offsets[waiting[0]] <= now:
+                    request = requests[waiting.pop(0)]
+                    path, body = self.completion_body(request, stream=stream)
+                    reader = Stream(self, request, path, body)
+                    streams[request.request_id] = reader
+                    records[request.request_id] = RequestRecord(
+                        request.request_id, len(request.prompt_token_ids), self.clock()
+                    )
+                    threading.Thread(
+                        target=self._read_stream, args=(reader, inbox), daemon=True
+                    ).start()
+                    in_flight.add(request.request_id)
+                    last_progress = self.clock()
+                timeout = 0.05
+                if waiting and len(in_flight) < limit:
+                    timeout = min(timeout, max(0.0, started + offsets[waiting[0]] - self.clock()))
+                for rid, kind, data, at in self._drain(inbox, timeout):
+                    last_progress = max(last_progress, at)
+                    if kind == "error":
+                        raise data
+                    self._record(streams[rid].request, records[rid], kind, data, at, in_flight)
+                self._watch(in_flight, last_progress)
+        finally:
+            for reader in streams.values():
+                reader.close()
+        ended = self.clock()
+        return RunResult(self.name, records, started, ended, self.peak_rss_bytes, {}, None, {})
+
+    # -- internals -----------------------------------------------------------------------------
+    def _read_stream(self, stream: Stream, inbox: queue.Queue) -> None:
+        rid = stream.request.request_id
+        try:
+            for data, at in stream.lines():
+                if data == "[DONE]":
+                    inbox.put((rid, "done", None, at))
+                    return
+                try:
+                    chunk = json.loads(data)
+                except json.JSONDecodeError:
+                    raise self.failure(
+                        "protocol", f"request {rid!r}: an SSE event is not JSON: {data[:300]!r}"
+                    ) from None
+                inbox.put((rid, "chunk", chunk, at))
+            inbox.put((rid, "eof", None, self.clock()))
+        except EngineFailure as failure:
+            inbox.put((rid, "error", failure, self.clock()))
+        except Exception as error:  # noqa: BLE001 - a reader thread must always report back
+            inbox.put((rid, "error", self.failure("crash", f"{rid!r}: {error!r}"), self.clock()))
+
+    @staticmethod
+    def _drain(inbox: queue.Queue, timeout: float) -> list[tuple[str, str, Any, float]]:
+        items = []
+        try:
+            items.append(inbox.get(timeout=timeout))
+            while True:
+                items.append(inbox.get_nowait())
+        except queue.Empty:
+            pass
+        return items
+
+    def _record(
+        self,
+        request: Request,
+        record: RequestRecord,
+        kind: str,
+        chunk: Any,
+        at: float,
+        in_flight: set[str],
+    ) -> None:
+        rid = request.request_id
+        state = record.payloads  # bookkeeping per request: finish reason and usage
+        if kind == "chunk":
+            if "error" in chunk:
+                raise self.failure("crash", f"request {rid!r}: the server sent an error: {chunk}")
+            if self.id_source == LLAMA_CPP:
+                self._record_llama_cpp(request, record, chunk, at)
+            if usage := chunk.get("usage"):
+                state.append({"usage": usage})
+            for choice in chunk.get("choices") or []:
+                tokens, logprobs = read_choice(choice, self.id_source)
+                record.token_ids.extend(tokens)
+                record.token_times.extend([at] * len(tokens))
+                if request.top_logprobs and logprobs:
+                    record.logprobs = (record.logprobs or []) + logprobs
+                if reason := choice.get("finish_reason"):
+                    state.append({"finish_reason": reason})
+            if len(record.token_ids) > request.max_new_tokens:
+                raise self.failure(
+                    "protocol",
+                    f"request {rid!r} streamed {len(record.token_ids)} tokens, over its "
+                    f"max_tokens={request.max_new_tokens}",
+                )
+            return
+        # "done" or "eof": the stream is over
+        reasons = [s["finish_reason"] for s in state if "finish_reason" in s]
+        usages = [s["usage"] for s in state if "usage" in s]
+        count = len(record.token_ids)
+        if not reasons:
+            raise self.failure(
+                "protocol",
+                f"request {rid!r}: the stream ended ({kind}) after {count} tokens without a "
+                "finish_reason",
+            )
+        reason = reasons[-1]
+        if reason == "stop" and request.stop_token_ids and len(request.stop_token_ids) == 1:
+            # OpenAI servers leave the matched stop token out of the output; the contract and the
+            # reference count it, so it is put back (only where exactly one token could have been)
+            if not record.token_ids or record.token_ids[-1] not in request.stop_token_ids:
+                record.token_ids.append(request.stop_token_ids[0])
+                record.token_times.append(record.token_times[-1] if record.token_times else at)
+        if reason == "length" and count < request.max_new_tokens:
+            raise self.failure(
+                "protocol",
+                f"request {rid!r}: finish_reason 'length' after {count} streamed tokens, but "
+                f"max_tokens={request.max_new_tokens} (tokens were dropped from the stream)",
+            )
+        if usages and (reported := usages[-1].get("completion_tokens")) is not None:
+            if int(reported) != count and not (reason == "stop" and int(reported) == count - 1):
+                raise self.failure(
+                    "protocol",
+                    f"request {rid!r}: {count} tokens streamed but usage.completion_tokens = "
+                    f"{reported} (tokens were dropped from or added to the stream)",
+                )
+        record.payloads = [{"finish_reason": reason}]
+        record.finished_at = at
+        in_flight.discard(rid)
+
+    def _record_llama_cpp(
+        self, request: Request, record: RequestRecord, chunk: dict[str, Any], at: float
+    ) -> None:
+        """A native /completion reply: a whole one carries every token in ``tokens``; a streamed
+        chunk the last token only, with ``tokens_predicted`` saying how many exist so far, so
+        positions the stream skipped get UNKNOWN_ID, stamped when their chunk arrived."""
+        tokens = [int(t) for t in chunk.get("tokens") or []]
+        if not self._streamed:
+            record.token_ids = tokens
+            record.token_times = [at] * len(tokens)
+        else:
+            total = int(chunk.get("tokens_predicted", len(record.token_ids) + len(tokens)))
+            gap = max(0, total - len(record.token_ids) - len(tokens))
+            record.token_ids.extend([UNKNOWN_ID] * gap + tokens)
+            record.token_times.extend([at] * (gap + len(tokens)))
+        if request.top_logprobs and chunk.get("completion_probabilities"):
+            record.logprobs = (record.logprobs or []) + [
+                {int(t["id"]): float(t["logprob"]) for t in item.get("top_logprobs") or []}
+                for item in chunk["completion_probabilities"]
+            ]
+        if chunk.get("stop"):
+            reason = "length" if chunk.get("stop_type") == "limit" else "stop"
+            record.payloads.append({"finish_reason": reason})
+
+    def _watch(self, in_flight: set[str], last_progress: float) -> None:
+        if self.pid is not None:
+            self.peak_rss_bytes = max(self.peak_rss_bytes, tree_rss(self.pid))
+        silent = self.clock() - last_progress
+        if in_flight and silent > self.limits.step_timeout_s:
+            raise self.failure(
+                "hang",
+                f"no token for {silent:.1f} s with {len(in_flight)} request(s) in flight "
+                f"(step timeout {self.limits.step_timeout_s:g} s): the server stalled mid-stream",
+            )
+
+
+def read_choice(choice: dict[str, Any], source: str | None) -> tuple[list[int], list[dict]]:
+    """The token ids of one completion choice read from ``source`` (one of ``ID_SOURCES``), and
+    the per-token top logprobs keyed by token id (empty where the server sent none)."""
+    logprobs = choice.get("logprobs")
+    logprobs = logprobs if isinstance(logprobs, dict) else {}
+    content = logprobs.get("content")
+    if isinstance(content, list):  # llama.cpp: [{id, token, logprob, top_logprobs: [{id, ...}]}]
+        ids = [int(item["id"]) for item in content if "id" in item]
+        tops = [
+            {int(t["id"]): float(t["logprob"]) for t in item.get("top_logprobs") or []}
+            for item in content
+        ]
+    else:  # OpenAI legacy: tokens, top_logprobs [{token: logprob}] with "token_id:N" tokens
+        ids = [i for i in map(_token_id, logprobs.get("tokens") or []) if i is not None]
+        tops = [
+            {i: float(v) for k, v in (top or {}).items() if (i := _token_id(k)) is not None}
+            for top in logprobs.get("top_logprobs") or []
+        ]
+    if source == "token_ids":
+        raw = choice.get("token_ids")
+        return ([int(t) for t in raw] if isinstance(raw, list) else []), tops
+    if source == "logprob_ids":
+        return (ids if isinstance(content, list) else []), tops
+    if source == "token_id_strings":
+        return (ids if not isinstance(content, list) else []), tops
+    raise ValueError(f"unknown token id source {source!r}; one of {ID_SOURCES}")
+
+
+def _token_id(text: Any) -> int | None:
+    if isinstance(text, str) and text.startswith("token_id:"):
+        try:
+            return int(text[9:])
+        except ValueError:
+            return None
+    return None
+
+
+def tree_rss(pid: int) -> int:
+    """Resident memory of a process and its descendants (a server's engine processes too)."""
+    total = 0
+    pending = [pid]
+    seen = set()
+    while pending:
+        current = pending.pop()
+        if current in seen:
+            continue
+        seen.add(current)
+        try:
+            for line in Path(f"/proc/{current}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) * 1024
+            for task in os.listdir(f"/proc/{current}/task"):
+                children = Path(f"/proc/{current}/task/{task}/children").read_text().split()
+                pending.extend(int(c) for c in children)
+        except (OSError, ValueError):
+            continue
+    return total
