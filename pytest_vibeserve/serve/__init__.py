@@ -1,0 +1,45 @@
+"""An OpenAI-compatible HTTP server in front of any engine directory (``vibeserve serve``).
+
+The engine is untrusted code, so it runs where the harness runs it: in a worker process with a
+scrubbed environment (``runner.EngineProcess``). One driver thread owns that process: it submits
+the requests the HTTP handlers queue, polls the event batches coming back and hands each to the
+asyncio queue of the handler waiting for it. The tokenizer lives here, in the server process:
+prompts are tokenized and outputs detokenized before and after the engine sees them.
+
+Decoding is greedy, as the contract is, so a request asking for sampling is refused rather than
+silently answered greedily; so is every field the engine cannot honour. The vLLM extensions
+``stop_token_ids``, ``ignore_eos``, ``return_token_ids`` and ``return_tokens_as_token_ids`` are
+understood; other unknown fields are ignored.
+"""
+
+from pytest_vibeserve.serve.app import (
+    base_url,
+    bind_socket,
+    create_app,
+    hosted_engine,
+    run_server,
+    serve_in_thread,
+)
+from pytest_vibeserve.serve.driver import EngineDriver
+from pytest_vibeserve.serve.errors import DEFAULT_LIMITS, GRACEFUL_SHUTDOWN_S, ApiError
+from pytest_vibeserve.serve.requests import Generation, RequestParser, ServedModel
+from pytest_vibeserve.serve.responses import Answer, Delta, Transcript
+
+__all__ = [
+    "DEFAULT_LIMITS",
+    "GRACEFUL_SHUTDOWN_S",
+    "Answer",
+    "ApiError",
+    "Delta",
+    "EngineDriver",
+    "Generation",
+    "RequestParser",
+    "ServedModel",
+    "Transcript",
+    "base_url",
+    "bind_socket",
+    "create_app",
+    "hosted_engine",
+    "run_server",
+    "serve_in_thread",
+]
