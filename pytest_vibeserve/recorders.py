@@ -6,6 +6,7 @@ checker's or gate's own message, so a terminal and a report tell the same story.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
@@ -20,6 +21,7 @@ from pytest_vibeserve.compare import (
     measure_alone,
 )
 from pytest_vibeserve.contract import FORWARD_COUNTER
+from pytest_vibeserve.metrics import RunMetrics, compute_metrics
 from pytest_vibeserve.runner import EngineFailure, RunResult
 from pytest_vibeserve.session import (
     BASELINE,
@@ -183,20 +185,12 @@ class Perf:
         skipped = {peer: why for peer in context.peers if (why := context.peer_missing(peer))}
         peer_roles = [peer for peer in context.peers if peer not in skipped]
         roles = [CANDIDATE, *([BASELINE] if context.has_baseline else []), *peer_roles]
+        servers = [peer for peer in peer_roles if context.is_endpoint(peer)]
         for role in roles:
             if spec.fresh_engine:
                 context.fresh(role)
-            if role not in peer_roles:
+            if role not in servers:  # a peer server starts only for its own runs (below)
                 context.warm_up(role, workload)
-                continue
-            try:  # a peer is context for the table: one that cannot start is reported, not fatal
-                context.warm_up(role, workload)
-            except (EngineFailure, RuntimeError, OSError) as error:
-                skipped[role] = f"could not start or warm up: {str(error)[:600]}"
-                context.restart(role)
-        peer_roles = [peer for peer in peer_roles if peer not in skipped]
-        roles = [role for role in roles if role not in skipped]
-
         bench = BenchWriter(self._session.options.bench_dir, context, workload)
 
         def runner(role: str):
@@ -215,7 +209,7 @@ class Perf:
         measured = dict(
             metric=metric, unit=unit, higher_is_better=higher_is_better, slo=context.slo
         )
-        peers = {peer: runner(peer) for peer in peer_roles}
+        peers = {peer: runner(peer) for peer in peer_roles if peer not in servers}
         comparison: Comparison
         if context.has_baseline:
             comparison = compare_alternating(
@@ -223,6 +217,9 @@ class Perf:
             )
         else:
             comparison = measure_alone(runner(CANDIDATE), repeats=repeats, peers=peers, **measured)
+        served = self._measure_servers(servers, workload, repeats, bench, skipped)
+        comparison = dataclasses.replace(comparison, peers={**comparison.peers, **served})
+        roles = [role for role in roles if role not in skipped]
         record = PerformanceRecord(
             nodeid=self._nodeid,
             workload=workload.name,
@@ -237,6 +234,34 @@ class Perf:
         )
         self._session.performance.append(record)
         return record
+
+    def _measure_servers(
+        self,
+        servers: list[str],
+        workload: Workload,
+        repeats: int,
+        bench: BenchWriter,
+        skipped: dict[str, str],
+    ) -> dict[str, list[RunMetrics]]:
+        """Peer servers one at a time, each started for its own runs and stopped after them:
+        an idle server still polls (vLLM's engine core spins), so none may run beside another
+        engine's measurement. A peer that cannot start is reported in ``skipped``, not fatal."""
+        context = self._context
+        measured: dict[str, list[RunMetrics]] = {}
+        for peer in servers:
+            try:
+                context.warm_up(peer, workload)
+                measured[peer] = [
+                    compute_metrics(
+                        bench.write(peer, context.run(peer, workload, cached=False)), context.slo
+                    )
+                    for _ in range(max(1, repeats // 2))
+                ]
+            except (EngineFailure, RuntimeError, OSError) as error:
+                skipped[peer] = f"could not start or run: {str(error)[:600]}"
+            finally:
+                context.restart(peer)
+        return measured
 
     def gate(self, record: PerformanceRecord) -> None:
         gates = gates_from_spec(self._context.scenario.performance.gates)

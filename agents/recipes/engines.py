@@ -1,8 +1,9 @@
 """Which renderer draws an engine directory: ``engine_features.json`` names its family.
 
 No file, or a file without ``family``, is a predicted_outputs engine (``greedy_engine``, whose
-starter has no features file); ``"family": "hybrid"`` is a hybrid_ssm engine (``hybrid_engine``,
-whose starter ships the file). Recipes load, change and write features through here.
+starter has no features file); ``"family": "hybrid"`` is a hybrid_ssm engine (``hybrid_engine``)
+and ``"family": "serving"`` a standard one (``serving_engine``); their starters ship the file.
+Recipes load, change and write features through here.
 """
 
 from __future__ import annotations
@@ -10,11 +11,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from agents.recipes import greedy_engine, hybrid_engine
+from agents.recipes import greedy_engine, hybrid_engine, serving_engine
 from agents.recipes.greedy_engine import ENGINE_FILE, FEATURES_FILE, FeatureError
 
-Features = greedy_engine.EngineFeatures | hybrid_engine.HybridFeatures
-FAMILIES = {hybrid_engine.FAMILY: hybrid_engine}
+Features = (
+    greedy_engine.EngineFeatures | hybrid_engine.HybridFeatures | serving_engine.ServingFeatures
+)
+FAMILIES = {
+    hybrid_engine.FAMILY: hybrid_engine.HybridFeatures,
+    serving_engine.FAMILY: serving_engine.ServingFeatures,
+}
 
 
 def load_features(engine_dir: Path) -> Features:
@@ -37,12 +43,14 @@ def load_features(engine_dir: Path) -> Features:
             f"{path}: family={family!r}; known families: {', '.join(FAMILIES)} (or none for "
             "predicted_outputs engines)"
         )
-    return FAMILIES[family].HybridFeatures.from_dict(data)
+    return FAMILIES[family].from_dict(data)
 
 
 def render_engine(features: Features) -> str:
     if isinstance(features, hybrid_engine.HybridFeatures):
         return hybrid_engine.render_engine(features)
+    if isinstance(features, serving_engine.ServingFeatures):
+        return serving_engine.render_engine(features)
     return greedy_engine.render_engine(features)
 
 
