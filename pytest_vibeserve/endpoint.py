@@ -259,7 +259,9 @@ class EndpointEngine:
                 "ignore_eos": not request.stop_token_ids,
             }
             if request.top_logprobs:
-                body["n_probs"] = request.top_logprobs
+                # top_k 0: probabilities over the whole vocabulary (its default top-k of 40
+                # renormalises them over the 40 sampler candidates)
+                body |= {"n_probs": request.top_logprobs, "top_k": 0}
             if request.response_format is not None:
                 body["response_format"] = request.response_format
             return "/completion", body

@@ -318,3 +318,30 @@ def vibeserve_perf(request: pytest.FixtureRequest, vibeserve_context: ScenarioCo
 
     session = request.config.stash[session_key]
     return Perf(session, vibeserve_context, request.node.nodeid)
+
+
+@pytest.fixture
+def vibeserve_peer_server(vibeserve_context: ScenarioContext) -> Iterator[Callable[[str], Any]]:
+    """``start(name)`` -> a running ``PeerServer`` (llama_cpp, llama_cpp_q4, vllm, vllm_eager)
+    for the scenario's model on a free port; skips the test, naming the install command, when
+    the peer is not installed. Every server started is stopped at teardown."""
+    from pytest_vibeserve.peers import PeerServer
+
+    started: list[PeerServer] = []
+
+    def start(name: str) -> PeerServer:
+        if reason := vibeserve_context.peer_missing(name):
+            pytest.skip(reason)
+        server = PeerServer(
+            name,
+            vibeserve_context.model_dir,
+            vibeserve_context.options.cache_dir,
+            threads=vibeserve_context.threads,
+        )
+        started.append(server)
+        server.start()
+        return server
+
+    yield start
+    for server in started:
+        server.close()
