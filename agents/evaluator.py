@@ -38,6 +38,10 @@ BATCH_DECODE_SPEEDUP = 4.0
 DECODE_OVERHEAD_MIN = 2.0
 # Peak memory this much above the engine measured beside the candidate (and by this many MiB)
 # is worth bounding.
+# Constrained decoding: a forced share worth fast-forwarding, and a share of a decode step spent
+# on grammar work (masks, forced-token lists) worth overlapping with the forward.
+GRAMMAR_FORCED_MIN = 0.2
+GRAMMAR_MASK_MIN_SHARE = 0.05
 PEAK_MEMORY_RATIO = 1.25
 PEAK_MEMORY_MIN_MIB = 256
 
@@ -200,9 +204,43 @@ def derive_hints(report: dict[str, Any], profile: dict[str, Any] | None = None) 
             Hint("decode-bound", 1.2, f"TPOT p50 {_number(candidate.get('tpot_p50_ms')):.1f} ms")
         )
     hints += memory_hints(report, candidate)
+    hints += grammar_hints(candidate)
     if profile is not None:
         hints += profile_hints(profile)
     return sorted(hints, key=lambda hint: hint.estimated_gain, reverse=True)
+
+
+def grammar_hints(candidate: dict[str, Any]) -> list[Hint]:
+    """Constrained decoding, from what the engine reports (``grammar_forced_tokens`` and
+    ``grammar_mask_ms`` per output token): forced tokens each still costing a forward, and mask
+    work that is a visible share of a decode step."""
+    hints = []
+    forced = _number(candidate.get("forced_fraction"))
+    per_forward = _number(candidate.get("tokens_per_forward"))
+    if forced >= GRAMMAR_FORCED_MIN and per_forward <= ONE_TOKEN_PER_FORWARD:
+        hints.append(
+            Hint(
+                "grammar-forced",
+                1 / (1 - min(forced, 0.9)),
+                f"{forced:.0%} of output tokens are forced by the grammar, yet every one costs "
+                f"a forward ({per_forward:.2f} tokens per forward)",
+            )
+        )
+    mask_ms, tpot = (
+        _number(candidate.get("mask_ms_per_token")),
+        _number(candidate.get("tpot_p50_ms")),
+    )
+    if mask_ms > 0 and tpot > 0 and mask_ms / tpot >= GRAMMAR_MASK_MIN_SHARE:
+        share = min(mask_ms / tpot, 0.9)
+        hints.append(
+            Hint(
+                "grammar-overhead",
+                1 / (1 - share),
+                f"grammar work is {mask_ms:.2f} ms per output token against a TPOT of "
+                f"{tpot:.1f} ms ({share:.0%})",
+            )
+        )
+    return hints
 
 
 def memory_hints(report: dict[str, Any], candidate: dict[str, Any]) -> list[Hint]:

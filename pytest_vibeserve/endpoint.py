@@ -107,7 +107,11 @@ class EndpointEngine:
         limits: Limits | None = None,
         pid: int | None = None,
         clock: Callable[[], float] = time.perf_counter,
+        prompt_cache: bool = True,
     ) -> None:
+        """``prompt_cache=False`` asks a llama.cpp server to prefill every prompt afresh (its
+        slots otherwise keep the last prompts): the peers run so, as a repeat of a measured run
+        must not find the previous one's prompts cached while the engines beside it start cold."""
         parts = urlsplit(base_url)
         if parts.scheme not in {"http", "https"} or not parts.hostname:
             raise ValueError(f"{base_url!r} is not an http(s) URL")
@@ -115,6 +119,7 @@ class EndpointEngine:
         self._parts = parts
         self.name = name
         self.model = model
+        self.prompt_cache = prompt_cache
         self.limits = limits or Limits()
         self.pid = pid
         self.clock = clock
@@ -257,13 +262,14 @@ class EndpointEngine:
                 "stream": stream,
                 "return_tokens": True,
                 "ignore_eos": not request.stop_token_ids,
+                "cache_prompt": self.prompt_cache,
             }
             if request.top_logprobs:
                 # top_k 0: probabilities over the whole vocabulary (its default top-k of 40
                 # renormalises them over the 40 sampler candidates)
                 body |= {"n_probs": request.top_logprobs, "top_k": 0}
-            if request.response_format is not None:
-                body["response_format"] = request.response_format
+            if request.response_format is not None:  # its native field takes the schema itself
+                body["json_schema"] = _schema_of(request.response_format)
             return "/completion", body
         body = {
             "model": self.model,
@@ -427,9 +433,11 @@ class EndpointEngine:
                 "finish_reason",
             )
         reason = reasons[-1]
-        if reason == "stop" and request.stop_token_ids and len(request.stop_token_ids) == 1:
+        single_stop = request.stop_token_ids and len(request.stop_token_ids) == 1
+        if reason == "stop" and single_stop and request.response_format is None:
             # OpenAI servers leave the matched stop token out of the output; the contract and the
-            # reference count it, so it is put back (only where exactly one token could have been)
+            # reference count it, so it is put back (only where exactly one token could have been;
+            # never under a grammar, whose complete document ends the output by itself)
             if not record.token_ids or record.token_ids[-1] not in request.stop_token_ids:
                 record.token_ids.append(request.stop_token_ids[0])
                 record.token_times.append(record.token_times[-1] if record.token_times else at)
@@ -484,6 +492,16 @@ class EndpointEngine:
                 f"no token for {silent:.1f} s with {len(in_flight)} request(s) in flight "
                 f"(step timeout {self.limits.step_timeout_s:g} s): the server stalled mid-stream",
             )
+
+
+def _schema_of(response_format: dict[str, Any]) -> dict[str, Any]:
+    """The JSON schema of an OpenAI ``response_format`` (``json_object``: any object)."""
+    if response_format.get("type") == "json_object":
+        return {"type": "object"}
+    spec = response_format.get("json_schema")
+    if response_format.get("type") != "json_schema" or not isinstance(spec, dict):
+        raise ValueError(f"response_format {response_format!r} holds no json_schema")
+    return spec.get("schema", {})
 
 
 def read_choice(choice: dict[str, Any], source: str | None) -> tuple[list[int], list[dict]]:

@@ -36,11 +36,17 @@ METRICS: dict[str, tuple[str, bool]] = {
     "tokens_per_forward": ("tok/forward", True),
     "prefix_hit_fraction": ("fraction", True),
     "goodput_req_per_s": ("req/s", True),
+    "forced_fraction": ("fraction", True),
+    "mask_ms_per_token": ("ms", False),
 }
 
 # The engine counter (optional) of prompt tokens served from a prefix cache instead of computed,
 # as vLLM's prefix-cache hit metrics count them.
 PREFIX_HIT_COUNTER = "prefix_cache_hit_tokens"
+# Constrained decoding (optional, engine-reported): output tokens the grammar determined, which an
+# engine may append without a model call of their own, and milliseconds spent computing masks.
+FORCED_COUNTER = "grammar_forced_tokens"
+MASK_MS_COUNTER = "grammar_mask_ms"
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +157,9 @@ class RunMetrics:
     e2e_mean_ms: float = math.nan
     input_tokens: int = 0
     goodput_req_per_s: float = math.nan  # NaN: no SLO given for this run
+    # per output token, from FORCED_COUNTER and MASK_MS_COUNTER (NaN: not reported)
+    forced_fraction: float = math.nan
+    mask_ms_per_token: float = math.nan
 
     def get(self, name: str) -> float:
         if name not in METRICS:
@@ -216,7 +225,16 @@ def compute_metrics(run: RunResult, slo: Slo | None = None) -> RunMetrics:
         e2e_mean_ms=mean_ms(e2e),
         input_tokens=sum(record.prompt_len for record in run.records.values()),
         goodput_req_per_s=good / wall if slo is not None else math.nan,
+        forced_fraction=_per_output_token(run, FORCED_COUNTER, output_tokens),
+        mask_ms_per_token=_per_output_token(run, MASK_MS_COUNTER, output_tokens),
     )
+
+
+def _per_output_token(run: RunResult, counter: str, output_tokens: int) -> float:
+    grown = run.counter_delta(counter)
+    if grown is None or not output_tokens:
+        return math.nan
+    return grown / output_tokens
 
 
 def _prefix_hit_fraction(run: RunResult) -> float:

@@ -225,14 +225,19 @@ def launch(name: str, model_dir: Path, cache_dir: Path, *, port: int, threads: i
         command = [str(_llama_server(cache_dir)), "-m", str(gguf), "--host", "127.0.0.1"]
         command += ["--port", str(port), "-t", str(threads), "-tb", str(threads), "-a", served]
         command += ["-c", "16384", "-np", "8", "--no-webui"]
-        if name == "llama_cpp":
-            command += ["--cache-type-k", "f32", "--cache-type-v", "f32"]
+        if name == "llama_cpp":  # fp32 throughout: an f32 KV cache, and no flash attention,
+            # whose CPU kernel rounds through f16 (logprobs 1-4e-3 off torch's fp32, 1-2e-4 without)
+            command += ["--cache-type-k", "f32", "--cache-type-v", "f32", "-fa", "off"]
         return Launch(command, env, "/health")
     config = json.loads((model_dir / "config.json").read_text())
     max_len = min(int(config.get("max_position_embeddings", 4096)), 8192)
     command = [str(_vllm_python(cache_dir)), "-m", "vllm.entrypoints.openai.api_server"]
     command += ["--model", str(model_dir), "--served-model-name", served, "--dtype", "float32"]
     command += ["--host", "127.0.0.1", "--port", str(port), "--max-model-len", str(max_len)]
+    # no prefix cache: the measured runs repeat one workload, and a repeat must not find the last
+    # one's prompts cached (the engines beside it start cold). Hybrid models could not use it here
+    # anyway: vLLM 0.32's Mamba2 path fails on CPU with it on (../shared/CPU-NOTES.md)
+    command.append("--no-enable-prefix-caching")
     if name == "vllm_eager":
         command.append("--enforce-eager")
     if name == "vllm_ngram":  # the paper's "vLLM speculative decoding" baseline, CPU analogue

@@ -7,7 +7,7 @@ checker's or gate's own message, so a terminal and a report tell the same story.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import pytest
@@ -108,6 +108,115 @@ class Checks:
         actual = {rid: rec.logprobs for rid, rec in run.records.items()}
         return self.record(check_logprob_closeness(expected, actual, atol=tolerance))
 
+    def json_documents(
+        self,
+        workload: Workload,
+        run: RunResult | None = None,
+        *,
+        min_valid_fraction: float | None = None,
+        min_sentinel_fraction: float | None = None,
+    ) -> CheckResult:
+        """Every output of a JSON-schema workload (``facts``: ``schema``, ``sentinel``) parses and
+        validates; the sentinel echo rate is reported, and gated at ``min_sentinel_fraction``
+        (default ``[correctness] sentinel_min_fraction``, else 0). A failing output also says
+        where it left the grammar: the first of its tokens the pinned grammar engine rejects.
+        ``run`` None checks the reference's own outputs (the workload's quality)."""
+        result = self.json_result(
+            workload,
+            run,
+            min_valid_fraction=min_valid_fraction,
+            min_sentinel_fraction=min_sentinel_fraction,
+        )
+        return self.record(result)
+
+    def json_validity(self, workload: Workload) -> Callable[[RunResult], str]:
+        """For ``vibeserve_perf.compare(validate=...)``: a run's document validity in a few
+        words, recorded nowhere else and failing nothing."""
+
+        def validity(run: RunResult) -> str:
+            stats = self.json_result(workload, run, min_valid_fraction=0.0).stats
+            words = f"{stats['valid']}/{stats['outputs']} valid"
+            if "sentinel_total" in stats:
+                words += f", sentinel {stats['sentinel_echoed']}/{stats['sentinel_total']}"
+            return words
+
+        return validity
+
+    def json_result(
+        self,
+        workload: Workload,
+        run: RunResult | None,
+        *,
+        min_valid_fraction: float | None = None,
+        min_sentinel_fraction: float | None = None,
+    ) -> CheckResult:
+        from pytest_vibeserve.checkers.json_schema import check_json_schema
+
+        settings = self._context.scenario.correctness
+        if min_valid_fraction is None:
+            min_valid_fraction = (
+                1.0
+                if run is not None
+                else float(settings.get("reference_min_valid_fraction", 0.95))
+            )
+        if min_sentinel_fraction is None:  # a scale may gate it (a real model reads its prompt)
+            min_sentinel_fraction = float(
+                self._context.scale.workload.get(
+                    "sentinel_min_fraction", settings.get("sentinel_min_fraction", 0.0)
+                )
+            )
+        tokens = (
+            {rid: out.tokens for rid, out in workload.expected.items()}
+            if run is None
+            else run.outputs
+        )
+        texts = {rid: self.document_text(workload, rid, ids) for rid, ids in tokens.items()}
+        schemas = {rid: facts["schema"] for rid, facts in workload.facts.items()}
+        sentinels = {rid: f["sentinel"] for rid, f in workload.facts.items() if f.get("sentinel")}
+        result = check_json_schema(
+            texts,
+            schemas,
+            min_valid_fraction=min_valid_fraction,
+            sentinels=sentinels or None,
+            min_sentinel_fraction=min_sentinel_fraction,
+        )
+        result = self._with_departures(workload, tokens, result)
+        if run is None:
+            result = dataclasses.replace(result, summary=f"reference: {result.summary}")
+        return result
+
+    def document_text(self, workload: Workload, request_id: str, ids: list[int]) -> str:
+        """An output's text without its trailing stop token (EOS)."""
+        request = next(r for r in workload.requests if r.request_id == request_id)
+        if ids and ids[-1] in request.stop_token_ids:
+            ids = ids[:-1]
+        tokenizer = self._context.memo("tokenizer", self._context.load_tokenizer)
+        return tokenizer.decode(ids)
+
+    def _with_departures(
+        self, workload: Workload, tokens: Mapping[str, list[int]], result: CheckResult
+    ) -> CheckResult:
+        from reference_impls.constrained import departure
+
+        requests = {r.request_id: r for r in workload.requests}
+        failures = []
+        for failure in result.failures:
+            request = requests.get(failure.request_id or "")
+            if request is None or request.response_format is None:
+                failures.append(failure)
+                continue
+            where = departure(
+                str(self._context.model_dir), request.response_format, tokens[request.request_id]
+            )
+            failures.append(
+                dataclasses.replace(
+                    failure,
+                    message=f"{failure.message}; {where['message']}",
+                    data={**failure.data, "grammar": where},
+                )
+            )
+        return dataclasses.replace(result, failures=failures)
+
     def json_schema(self, outputs: Mapping[str, str], schemas: Mapping[str, dict], **kwargs: Any):
         from pytest_vibeserve.checkers.json_schema import check_json_schema
 
@@ -169,12 +278,16 @@ class Perf:
         metric: str | None = None,
         label: str = "",
         headline: bool = True,
+        validate: Callable[[RunResult], str] | None = None,
     ) -> PerformanceRecord:
         """Candidate vs baseline, alternating, plus the peers; recorded for the report.
 
         ``headline=False`` marks a measurement that gives context (a scenario's batch-1 speed
         beside its headline under load): the report's headline and the loop's ratio come from
-        the first headline record. ``label`` names the workload in summary tables."""
+        the first headline record. ``label`` names the workload in summary tables.
+        ``validate(run)`` is called on every measured run and its word on each role's last one
+        is reported beside the table (peers whose tokens are not the reference's, e.g. their own
+        grammar engines, are judged by it); it decides nothing."""
         from pytest_vibeserve.metrics import METRICS
 
         context = self._context
@@ -192,17 +305,24 @@ class Perf:
             if role not in servers:  # a peer server starts only for its own runs (below)
                 context.warm_up(role, workload)
         bench = BenchWriter(self._session.options.bench_dir, context, workload)
+        validity: dict[str, str] = {}
+
+        def measured_run(role: str) -> RunResult:
+            run = bench.write(role, context.run(role, workload, cached=False))
+            if validate is not None:
+                validity[role] = validate(run)
+            return run
 
         def runner(role: str):
             if not spec.fresh_engine:
-                return lambda: bench.write(role, context.run(role, workload, cached=False))
+                return lambda: measured_run(role)
 
             def fresh_run():
                 # a process that has served nothing but warm-ups, started and warmed before the
                 # clock starts: only the run is timed
                 context.fresh(role)
                 context.warm_up(role, workload)
-                return bench.write(role, context.run(role, workload, cached=False))
+                return measured_run(role)
 
             return fresh_run
 
@@ -217,7 +337,7 @@ class Perf:
             )
         else:
             comparison = measure_alone(runner(CANDIDATE), repeats=repeats, peers=peers, **measured)
-        served = self._measure_servers(servers, workload, repeats, bench, skipped)
+        served = self._measure_servers(servers, workload, repeats, measured_run, skipped)
         comparison = dataclasses.replace(comparison, peers={**comparison.peers, **served})
         roles = [role for role in roles if role not in skipped]
         record = PerformanceRecord(
@@ -231,6 +351,7 @@ class Perf:
             slo=context.slo,
             label=label or workload.name,
             headline=headline,
+            validity=validity,
         )
         self._session.performance.append(record)
         return record
@@ -240,7 +361,7 @@ class Perf:
         servers: list[str],
         workload: Workload,
         repeats: int,
-        bench: BenchWriter,
+        measured_run: Callable[[str], RunResult],
         skipped: dict[str, str],
     ) -> dict[str, list[RunMetrics]]:
         """Peer servers one at a time, each started for its own runs and stopped after them:
@@ -252,9 +373,7 @@ class Perf:
             try:
                 context.warm_up(peer, workload)
                 measured[peer] = [
-                    compute_metrics(
-                        bench.write(peer, context.run(peer, workload, cached=False)), context.slo
-                    )
+                    compute_metrics(measured_run(peer), context.slo)
                     for _ in range(max(1, repeats // 2))
                 ]
             except (EngineFailure, RuntimeError, OSError) as error:

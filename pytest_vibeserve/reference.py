@@ -121,6 +121,10 @@ class Reference:
         ]
         if self.batch != DEFAULT_BATCH:  # the default keeps the keys of outputs already cached
             fields.append(f"batch={self.batch}")
+        if request.response_format is not None:  # the schema and the pinned grammar engine
+            from reference_impls.constrained import config_id
+
+            fields += [json.dumps(request.response_format, sort_keys=True), config_id()]
         material = json.dumps(fields)
         return hashlib.sha256(material.encode()).hexdigest()[:32]
 

@@ -160,6 +160,7 @@ def performance_section(session: VibeSession) -> dict[str, Any] | None:
                 "headline": r.headline,
                 "table": table_rows(r),
                 "peers_skipped": r.peers_skipped,
+                "validity": r.validity,
                 "slo": None if r.slo is None else r.slo.to_dict(),
                 **r.comparison.to_dict(),
             }
@@ -267,8 +268,19 @@ def format_table(record: PerformanceRecord) -> list[str]:
             f"({roof.roofline_tok_per_s:.0f} tok/s at batch 1); peak matmul "
             f"{roof.limits.matmul_gflops:.0f} GFLOP/s; {roof.limits.threads} thread(s)"
         )
+    grammar = [
+        f"{row['engine']} {row['forced_fraction']:.0%} forced"
+        + ("" if math.isnan(mask) else f", {mask:.3f} ms mask/token")
+        for row in table_rows(record)
+        if not math.isnan(row.get("forced_fraction", math.nan))
+        for mask in [row.get("mask_ms_per_token", math.nan)]
+    ]
+    if grammar:  # constrained decoding: what the engines report of their grammar work
+        lines.append("grammar (engine-reported, per output token): " + "; ".join(grammar))
     if record.slo is not None:
         lines.append(f"goodput SLOs (ms): {record.slo}")
+    if record.validity:
+        lines.append("outputs: " + "; ".join(f"{r} {v}" for r, v in record.validity.items()))
     for peer, why in record.peers_skipped.items():
         lines.append(f"peer {peer} skipped: {why}")
     if record.workload_stats:

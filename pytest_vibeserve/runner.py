@@ -263,7 +263,7 @@ class EngineProcess:
                 records[request.request_id] = RequestRecord(
                     request.request_id, len(request.prompt_token_ids), self.clock()
                 )
-                self._send({"op": "add", "request": request.to_dict()})
+                self._send({"op": "add", "request": self._wire(request)})
                 in_flight.add(request.request_id)
                 last_progress = self.clock()
             timeout = 0.05
@@ -296,12 +296,20 @@ class EngineProcess:
             counters_before,
         )
 
+    def _wire(self, request: Request) -> dict[str, Any]:
+        """The request as sent: a ``response_format`` reaches only an engine that lists that
+        capability (the contract's promise); one that does not decodes unconstrained."""
+        data = request.to_dict()
+        if data.get("response_format") is not None and "response_format" not in self.capabilities:
+            data["response_format"] = None
+        return data
+
     # -- incremental driving (a server in front of the engine) -------------------------------
     def submit(self, request: Request) -> None:
         """Queue one request now; its events come back through ``poll``."""
         if self._failure is not None:
             raise self._failure
-        self._send({"op": "add", "request": request.to_dict()})
+        self._send({"op": "add", "request": self._wire(request)})
 
     def poll(self, timeout: float) -> list[Event]:
         """The events that arrived within ``timeout`` seconds (possibly none), unchecked against

@@ -55,6 +55,9 @@ class PerformanceRecord:
     slo: Slo | None = None  # goodput's objectives in this run
     label: str = ""  # a short name for summary tables (default: the workload's name)
     headline: bool = True  # False: context beside the headline (e.g. batch-1 speed under load)
+    # role -> what ``compare(validate=...)`` said of its last measured run's outputs (e.g. the
+    # schema validity of a peer's JSON documents: peers are timed, not judged)
+    validity: dict[str, str] = field(default_factory=dict)
 
 
 class ScenarioContext:
@@ -217,7 +220,9 @@ class ScenarioContext:
         server = PeerServer(role, self.model_dir, self.options.cache_dir, threads=self.threads)
         server.start()
         self._servers[role] = server
-        return EndpointEngine(server.base_url, name=role, limits=limits, pid=server.pid)
+        return EndpointEngine(
+            server.base_url, name=role, limits=limits, pid=server.pid, prompt_cache=False
+        )
 
     def restart(self, role: str) -> None:
         """Stop ``role``'s engine process: the next use starts (and warms up) a new one."""

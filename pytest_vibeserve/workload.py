@@ -21,6 +21,9 @@ class Workload:
     arrival_offsets_s: tuple[float, ...] | None = None  # open loop: send times after the start
     warmup: tuple[Request, ...] = ()  # run once per engine before any timed run, never measured
     stats: dict[str, Any] = field(default_factory=dict)  # reported beside the results
+    # request id -> facts the checks need beside the expected tokens (a sentinel the output must
+    # echo, the request's kind): kept in the parent, never sent to an engine nor reported
+    facts: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         ids = [r.request_id for r in self.requests]

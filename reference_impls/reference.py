@@ -3,10 +3,12 @@
     python -m reference_impls.reference --model DIR --requests in.json --out out.json \
         [--threads N] [--device cpu] [--dtype float32] [--top-k 5] [--batch 16]
 
-in.json: a list of contract `Request.to_dict()` dicts. out.json (written atomically): request_id ->
-{"tokens", "margins", "top_logprobs"}. Requests are decoded in left-padded batches of up to
-``--batch`` (1 = one at a time through the stepper the hf_greedy baseline uses); the output is
-written after every batch. Progress goes to stderr, one line per batch.
+in.json: a list of contract `Request.to_dict()` dicts; one with a ``response_format`` is decoded
+under the pinned grammar engine (reference_impls/constrained.py), alone. out.json (written
+atomically): request_id -> {"tokens", "margins", "top_logprobs"}. Requests are decoded in
+left-padded batches of up to ``--batch`` (1 = one at a time through the stepper the hf_greedy
+baseline uses); the output is written after every batch. Progress goes to stderr, one line per
+batch.
 """
 
 from __future__ import annotations
@@ -66,7 +68,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     for first in range(0, len(requests), args.batch):
         batch = requests[first : first + args.batch]
         start = time.perf_counter()
-        if len(batch) == 1:
+        if any(r.response_format is not None for r in batch):
+            outputs = [_constrained(model, args.model, r, args.top_k) for r in batch]
+        elif len(batch) == 1:
             (request,) = batch
             outputs = [
                 greedy_decode(
@@ -103,6 +107,31 @@ def main(argv: Sequence[str] | None = None) -> None:
         write_text_atomic(args.out, json.dumps(results))
     if not requests:
         write_text_atomic(args.out, json.dumps(results))
+
+
+def _constrained(model, model_dir: Path, request: Request, top_k: int):
+    """A request with a response_format: the pinned grammar engine's constrained greedy decoding
+    (reference_impls/constrained.py), one request at a time; a plain one in the same batch the
+    plain greedy stepper."""
+    if request.response_format is None:
+        return greedy_decode(
+            model,
+            request.prompt_token_ids,
+            request.max_new_tokens,
+            stop_token_ids=request.stop_token_ids,
+            top_k=max(top_k, request.top_logprobs),
+        )
+    from reference_impls.constrained import constrained_decode
+
+    return constrained_decode(
+        model,
+        model_dir,
+        request.prompt_token_ids,
+        request.max_new_tokens,
+        request.response_format,
+        stop_token_ids=request.stop_token_ids,
+        top_k=max(top_k, request.top_logprobs),
+    )
 
 
 if __name__ == "__main__":

@@ -148,3 +148,38 @@ def test_peak_memory_well_above_the_engine_beside_it_is_a_hint():
         tok_s=60.0, per_forward=15.0, tpot_ms=100.0, hit=0.9, peak=(1500.0, 1400.0)
     )
     assert "peak-memory" not in by_keyword(derive_hints(report))
+
+
+def grammar_report(forced: float, per_forward: float, mask_ms: float, tpot: float) -> dict:
+    row = {
+        "engine": "candidate",
+        "tokens_per_forward": per_forward,
+        "roofline_pct": 80.0,
+        "ttft_p50_ms": 100.0,
+        "e2e_p50_ms": 4000.0,
+        "tpot_p50_ms": tpot,
+        "forced_fraction": forced,
+        "mask_ms_per_token": mask_ms,
+    }
+    return {
+        "performance": {"table": [row], "workload_stats": {}},
+        "roofline": {"roofline_tok_per_s": 57.0},
+    }
+
+
+def test_forced_tokens_each_costing_a_forward_route_to_fast_forward():
+    hints = derive_hints(grammar_report(0.6, 1.0, 0.05, 60.0))
+    assert hints[0].keyword == "grammar-forced"
+    assert hints[0].estimated_gain == pytest.approx(2.5)
+    assert "60% of output tokens are forced" in hints[0].evidence
+    assert "grammar-overhead" not in {h.keyword for h in hints}  # 0.05 of 60 ms is < 5%
+
+
+def test_fast_forwarding_engines_get_no_forced_hint_and_slow_masks_do():
+    keywords = {h.keyword for h in derive_hints(grammar_report(0.6, 2.8, 12.0, 60.0))}
+    assert "grammar-forced" not in keywords
+    assert "grammar-overhead" in keywords  # 12 ms of 60
+    assert not {h.keyword for h in derive_hints(grammar_report(math.nan, 1.0, math.nan, 60.0))} & {
+        "grammar-forced",
+        "grammar-overhead",
+    }

@@ -18,11 +18,15 @@ from typing import Any
 from agents.recipes.engines import Features, load_features, write_engine
 from agents.recipes.greedy_engine import EngineFeatures, FeatureError
 from agents.recipes.hybrid_engine import HybridFeatures
+from agents.recipes.json_engine import JsonFeatures
+from agents.recipes.serving_engine import ServingFeatures
 
 # what each features class is the engine of, for messages
 ENGINE_KINDS = {
     EngineFeatures: "a predicted_outputs engine (no family in engine_features.json)",
     HybridFeatures: 'a hybrid_ssm engine ("family": "hybrid" in engine_features.json)',
+    ServingFeatures: 'a standard engine ("family": "serving" in engine_features.json)',
+    JsonFeatures: 'a json_decoding engine ("family": "json" in engine_features.json)',
 }
 
 

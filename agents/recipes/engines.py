@@ -1,8 +1,9 @@
 """Which renderer draws an engine directory: ``engine_features.json`` names its family.
 
 No file, or a file without ``family``, is a predicted_outputs engine (``greedy_engine``, whose
-starter has no features file); ``"family": "hybrid"`` is a hybrid_ssm engine (``hybrid_engine``)
-and ``"family": "serving"`` a standard one (``serving_engine``); their starters ship the file.
+starter has no features file); ``"family": "hybrid"`` is a hybrid_ssm engine (``hybrid_engine``),
+``"family": "serving"`` a standard one (``serving_engine``) and ``"family": "json"`` a
+json_decoding one (``json_engine``); their starters ship the file.
 Recipes load, change and write features through here.
 """
 
@@ -11,15 +12,19 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from agents.recipes import greedy_engine, hybrid_engine, serving_engine
+from agents.recipes import greedy_engine, hybrid_engine, json_engine, serving_engine
 from agents.recipes.greedy_engine import ENGINE_FILE, FEATURES_FILE, FeatureError
 
 Features = (
-    greedy_engine.EngineFeatures | hybrid_engine.HybridFeatures | serving_engine.ServingFeatures
+    greedy_engine.EngineFeatures
+    | hybrid_engine.HybridFeatures
+    | serving_engine.ServingFeatures
+    | json_engine.JsonFeatures
 )
 FAMILIES = {
     hybrid_engine.FAMILY: hybrid_engine.HybridFeatures,
     serving_engine.FAMILY: serving_engine.ServingFeatures,
+    json_engine.FAMILY: json_engine.JsonFeatures,
 }
 
 
@@ -51,6 +56,8 @@ def render_engine(features: Features) -> str:
         return hybrid_engine.render_engine(features)
     if isinstance(features, serving_engine.ServingFeatures):
         return serving_engine.render_engine(features)
+    if isinstance(features, json_engine.JsonFeatures):
+        return json_engine.render_engine(features)
     return greedy_engine.render_engine(features)
 
 

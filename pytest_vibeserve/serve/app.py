@@ -112,7 +112,7 @@ class _Routes:
         except EngineFailure as failure:
             raise _engine_error(failure) from None
         delta = answer.transcript.add(token_ids, logprobs, final=True)
-        finish_reason = answer.transcript.finish_reason(answer.generation.stop_token_ids)
+        finish_reason = answer.transcript.finish_reason(answer.generation)
         response = {
             **answer.header(chunk=False),
             "choices": [answer.choice(delta, finish_reason, chunk=False)],
@@ -136,7 +136,7 @@ class _Routes:
                 delta = answer.transcript.add(event.token_ids, event.logprobs, final=event.finished)
                 finish_reason = None
                 if event.finished:
-                    finish_reason = answer.transcript.finish_reason(generation.stop_token_ids)
+                    finish_reason = answer.transcript.finish_reason(generation)
                 choice = answer.choice(delta, finish_reason, chunk=True)
                 yield _sse({**answer.header(chunk=True), "choices": [choice], **first})
                 first = {}

@@ -44,8 +44,12 @@ class Transcript:
         self._released = max(self._released, len(text))
         return Delta(released, list(token_ids), logprobs)
 
-    def finish_reason(self, stop_token_ids: tuple[int, ...]) -> str:
-        return "stop" if self.token_ids and self.token_ids[-1] in stop_token_ids else "length"
+    def finish_reason(self, generation: Generation) -> str:
+        """ "length" where the engine ran out of max_tokens, else "stop": a stop token, or an end
+        the engine reached itself (a grammar whose document is complete)."""
+        if self.token_ids and self.token_ids[-1] in generation.stop_token_ids:
+            return "stop"
+        return "length" if len(self.token_ids) >= generation.max_tokens else "stop"
 
 
 class Answer:
