@@ -9,10 +9,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo root, for agents.recipes
 
 from agents.recipes.cli import Change, main_for
+from agents.recipes.json_engine import JsonFeatures
 from agents.recipes.serving_engine import ServingFeatures
 
 
-def apply(features: ServingFeatures, params: dict) -> Change:
+def apply(features: ServingFeatures | JsonFeatures, params: dict) -> Change:
     note = "" if features.forward == "lean" else " (on LeanLlama, which owns the weights)"
     return Change(
         features.replace(forward="lean", fused=True),
@@ -26,4 +27,4 @@ def apply(features: ServingFeatures, params: dict) -> Change:
 
 
 if __name__ == "__main__":
-    main_for("fused-projections", [], apply, families=(ServingFeatures,))
+    main_for("fused-projections", [], apply, families=(ServingFeatures, JsonFeatures))
