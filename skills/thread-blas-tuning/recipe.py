@@ -10,11 +10,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo root, f
 
 from agents.recipes.cli import Change, Param, main_for
 from agents.recipes.greedy_engine import EngineFeatures
+from agents.recipes.json_engine import JsonFeatures
+from agents.recipes.serving_engine import ServingFeatures
 
 PARAMS = [Param("threads", 1, minimum=1)]
 
 
-def apply(features: EngineFeatures, params: dict) -> Change:
+def apply(features: EngineFeatures | ServingFeatures | JsonFeatures, params: dict) -> Change:
     threads = params["threads"]
     return Change(
         features.replace(threads=threads),
@@ -26,4 +28,9 @@ def apply(features: EngineFeatures, params: dict) -> Change:
 
 
 if __name__ == "__main__":
-    main_for("thread-blas-tuning", PARAMS, apply)
+    main_for(
+        "thread-blas-tuning",
+        PARAMS,
+        apply,
+        families=(EngineFeatures, ServingFeatures, JsonFeatures),
+    )
