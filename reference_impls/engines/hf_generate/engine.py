@@ -12,7 +12,7 @@ import threading
 from collections import deque
 
 import torch
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, LogitsProcessorList
 from transformers.generation.streamers import BaseStreamer
 
 from pytest_vibeserve.contract import FORWARD_COUNTER, EngineSpec, Event, Request
@@ -61,9 +61,15 @@ class HFGenerateEngine:
     def counters(self) -> dict[str, int]:
         return {FORWARD_COUNTER: self.forwards}
 
+    def logits_processors(self, request: Request, prompt_len: int) -> LogitsProcessorList:
+        """What generate applies to the scores besides greedy choice (none here; a subclass may
+        constrain them, as hf_guided does)."""
+        return LogitsProcessorList()
+
     def _generate(self, request: Request, streamer: TokenQueue) -> None:
         prompt = torch.tensor([request.prompt_token_ids], device=self.device)
         try:
+            processors = self.logits_processors(request, prompt.shape[1])
             with torch.inference_mode():
                 self.model.generate(
                     prompt,
@@ -74,6 +80,7 @@ class HFGenerateEngine:
                     eos_token_id=list(request.stop_token_ids) or None,
                     pad_token_id=0,
                     streamer=streamer,
+                    logits_processor=processors,
                 )
         except BaseException as error:  # noqa: BLE001 - re-raised in step(), in the worker
             self.error = error

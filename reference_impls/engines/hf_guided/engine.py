@@ -11,7 +11,7 @@ from transformers import LogitsProcessor, LogitsProcessorList
 
 from pytest_vibeserve.contract import EngineSpec, Request
 from reference_impls.constrained import allowed_tokens, new_matcher
-from reference_impls.engines.hf_generate.engine import HFGenerateEngine, TokenQueue
+from reference_impls.engines.hf_generate.engine import HFGenerateEngine
 
 
 class GrammarMask(LogitsProcessor):
@@ -37,28 +37,12 @@ class HFGuidedEngine(HFGenerateEngine):
         self.model_dir = spec.model_path
         self.vocab = int(self.model.config.vocab_size)
 
-    def _generate(self, request: Request, streamer: TokenQueue) -> None:
-        prompt = torch.tensor([request.prompt_token_ids], device=self.device)
+    def logits_processors(self, request: Request, prompt_len: int) -> LogitsProcessorList:
         processors = LogitsProcessorList()
-        try:
-            if request.response_format is not None:
-                matcher = new_matcher(self.model_dir, request.response_format)
-                processors.append(GrammarMask(matcher, prompt.shape[1], self.vocab))
-            with torch.inference_mode():
-                self.model.generate(
-                    prompt,
-                    attention_mask=torch.ones_like(prompt),
-                    max_new_tokens=request.max_new_tokens,
-                    min_new_tokens=0,
-                    do_sample=False,
-                    eos_token_id=list(request.stop_token_ids) or None,
-                    pad_token_id=0,
-                    streamer=streamer,
-                    logits_processor=processors,
-                )
-        except BaseException as error:  # noqa: BLE001 - re-raised in step(), in the worker
-            self.error = error
-            streamer.end()
+        if request.response_format is not None:
+            matcher = new_matcher(self.model_dir, request.response_format)
+            processors.append(GrammarMask(matcher, prompt_len, self.vocab))
+        return processors
 
 
 def create_engine(spec: EngineSpec) -> HFGuidedEngine:
