@@ -76,6 +76,18 @@ class FeatureSet:
         return dataclasses.replace(self, **changes)
 
 
+class FamilyFeatureSet(FeatureSet):
+    """Features of a renderer named by ``family`` in engine_features.json (hybrid, serving,
+    json): its docstring line leaves the family out and wraps."""
+
+    __slots__ = ()
+
+    def describe(self) -> str:
+        """Every feature as key=value, wrapped for a docstring."""
+        items = [f"{k}={v}" for k, v in self.to_dict().items() if k != "family"]
+        return textwrap.fill(" ".join(items), width=86, subsequent_indent="    ")
+
+
 @dataclass(frozen=True, slots=True)
 class EngineFeatures(FeatureSet):
     kv_cache: str = "dynamic"

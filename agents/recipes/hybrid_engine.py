@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from string import Template
 
-from agents.recipes.greedy_engine import FeatureError, FeatureSet, _check_bool, _check_int
+from agents.recipes.greedy_engine import FamilyFeatureSet, FeatureError, _check_bool, _check_int
 
 FAMILY = "hybrid"
 TEMPLATE = Path(__file__).with_name("hybrid_engine.tmpl")
@@ -42,7 +42,7 @@ DIRECTIVE = re.compile(r"^#(if|else|endif)\b ?(not )?(\w+)?\s*$")
 
 
 @dataclass(frozen=True, slots=True)
-class HybridFeatures(FeatureSet):
+class HybridFeatures(FamilyFeatureSet):
     family: str = FAMILY
     prefix_cache: bool = False
     snapshot_every: int = 256  # prompt tokens between snapshots (with prefix_cache)
@@ -74,11 +74,6 @@ class HybridFeatures(FeatureSet):
             )
         if self.snapshot_budget_mb and not self.prefix_cache:
             raise FeatureError("snapshot_budget_mb bounds the prefix cache: set prefix_cache=true")
-
-    def describe(self) -> str:
-        """Every feature as key=value, wrapped for a docstring."""
-        items = [f"{k}={v}" for k, v in self.to_dict().items() if k != "family"]
-        return textwrap.fill(" ".join(items), width=86, subsequent_indent="    ")
 
 
 def render_engine(features: HybridFeatures) -> str:

@@ -26,7 +26,7 @@ from pathlib import Path
 from string import Template
 
 from agents.recipes import serving_engine
-from agents.recipes.greedy_engine import FeatureError, FeatureSet, _check_bool, _check_int
+from agents.recipes.greedy_engine import FamilyFeatureSet, FeatureError, _check_bool, _check_int
 from agents.recipes.hybrid_engine import select
 
 FAMILY = "json"
@@ -36,7 +36,7 @@ MATMULS = ("torch", "numpy")
 
 
 @dataclass(frozen=True, slots=True)
-class JsonFeatures(FeatureSet):
+class JsonFeatures(FamilyFeatureSet):
     family: str = FAMILY
     fast_forward: bool = False
     grammar_cache: bool = False
@@ -67,10 +67,6 @@ class JsonFeatures(FeatureSet):
                 f"{', '.join(needs)} need forward='lean' (transformers' forward owns the "
                 "weights): set forward='lean'"
             )
-
-    def describe(self) -> str:
-        items = [f"{k}={v}" for k, v in self.to_dict().items() if k != "family"]
-        return textwrap.fill(" ".join(items), width=86, subsequent_indent="    ")
 
 
 def lean_llama(features: JsonFeatures) -> str:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from string import Template
 
-from agents.recipes.greedy_engine import FeatureError, FeatureSet, _check_bool, _check_int
+from agents.recipes.greedy_engine import FamilyFeatureSet, FeatureError, _check_bool, _check_int
 from agents.recipes.hybrid_engine import select
 
 FAMILY = "serving"
@@ -34,7 +34,7 @@ MAX_BATCH = 256
 
 
 @dataclass(frozen=True, slots=True)
-class ServingFeatures(FeatureSet):
+class ServingFeatures(FamilyFeatureSet):
     family: str = FAMILY
     forward: str = "transformers"
     max_batch: int = 1
@@ -67,10 +67,6 @@ class ServingFeatures(FeatureSet):
                 f"{', '.join(needs)} need forward='lean' (transformers' DynamicCache keeps one "
                 "length for all its rows and its forward owns the weights): set forward='lean'"
             )
-
-    def describe(self) -> str:
-        items = [f"{k}={v}" for k, v in self.to_dict().items() if k != "family"]
-        return textwrap.fill(" ".join(items), width=86, subsequent_indent="    ")
 
 
 def render_engine(features: ServingFeatures) -> str:
