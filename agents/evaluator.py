@@ -36,12 +36,15 @@ BATCH_DECODE_SPEEDUP = 4.0
 # A decode step slower than this many times its roofline (weights read once at the measured
 # bandwidth, or the rows' matmul FLOPs at the measured peak) spends its time outside the math.
 DECODE_OVERHEAD_MIN = 2.0
-# Peak memory this much above the engine measured beside the candidate (and by this many MiB)
-# is worth bounding.
 # Constrained decoding: a forced share worth fast-forwarding, and a share of a decode step spent
 # on grammar work (masks, forced-token lists) worth overlapping with the forward.
 GRAMMAR_FORCED_MIN = 0.2
 GRAMMAR_MASK_MIN_SHARE = 0.05
+# Below this share of the tokens per forward that prompt lookup under the grammar reaches on the
+# workload (simulated over the reference's outputs), drafting is worth adding or lengthening.
+LOOKUP_USED_SHARE = 0.75
+# Peak memory this much above the engine measured beside the candidate (and by this many MiB)
+# is worth bounding.
 PEAK_MEMORY_RATIO = 1.25
 PEAK_MEMORY_MIN_MIB = 256
 
@@ -204,17 +207,32 @@ def derive_hints(report: dict[str, Any], profile: dict[str, Any] | None = None) 
             Hint("decode-bound", 1.2, f"TPOT p50 {_number(candidate.get('tpot_p50_ms')):.1f} ms")
         )
     hints += memory_hints(report, candidate)
-    hints += grammar_hints(candidate)
+    hints += grammar_hints(candidate, stats)
     if profile is not None:
         hints += profile_hints(profile)
     return sorted(hints, key=lambda hint: hint.estimated_gain, reverse=True)
 
 
-def grammar_hints(candidate: dict[str, Any]) -> list[Hint]:
+def grammar_hints(candidate: dict[str, Any], stats: dict[str, Any] | None = None) -> list[Hint]:
     """Constrained decoding, from what the engine reports (``grammar_forced_tokens`` and
     ``grammar_mask_ms`` per output token): forced tokens each still costing a forward, and mask
-    work that is a visible share of a decode step."""
+    work that is a visible share of a decode step; and from the workload's stats
+    (``lookup_tokens_per_forward``): outputs that echo their prompt while the engine drafts
+    nothing, or far less than lookup could."""
     hints = []
+    lookup = _number((stats or {}).get("lookup_tokens_per_forward"))
+    per_forward_now = _number(candidate.get("tokens_per_forward"))
+    if lookup > ONE_TOKEN_PER_FORWARD and 0 < per_forward_now < LOOKUP_USED_SHARE * lookup:
+        # every drafted token is computed, so the gain is less than the ratio (see low-acceptance)
+        hints.append(
+            Hint(
+                "prompt-echo",
+                math.sqrt(lookup / per_forward_now),
+                f"{per_forward_now:.2f} tokens per forward where prompt lookup under the grammar "
+                f"reaches ~{lookup:.1f} on this workload (simulated over the reference's outputs: "
+                "sentinels, enum values and names echo the prompt)",
+            )
+        )
     forced = _number(candidate.get("forced_fraction"))
     per_forward = _number(candidate.get("tokens_per_forward"))
     if forced >= GRAMMAR_FORCED_MIN and per_forward <= ONE_TOKEN_PER_FORWARD:

@@ -183,3 +183,22 @@ def test_fast_forwarding_engines_get_no_forced_hint_and_slow_masks_do():
         "grammar-forced",
         "grammar-overhead",
     }
+
+
+def test_an_echoing_workload_decoded_without_drafts_routes_to_prompt_lookup():
+    report = grammar_report(0.28, 1.38, 0.2, 40.0)
+    report["performance"]["workload_stats"]["lookup_tokens_per_forward"] = 3.76
+    hints = derive_hints(report)
+    echo = next(h for h in hints if h.keyword == "prompt-echo")
+    assert echo.estimated_gain == pytest.approx(math.sqrt(3.76 / 1.38))
+    assert "1.38 tokens per forward" in echo.evidence and "~3.8" in echo.evidence
+
+
+def test_drafting_near_the_simulated_lookup_or_a_workload_without_it_gives_no_echo_hint():
+    drafting = grammar_report(0.28, 3.6, 0.2, 40.0)
+    drafting["performance"]["workload_stats"]["lookup_tokens_per_forward"] = 3.76
+    no_stat = grammar_report(0.28, 1.0, 0.2, 40.0)
+    no_echo = grammar_report(0.28, 1.0, 0.2, 40.0)
+    no_echo["performance"]["workload_stats"]["lookup_tokens_per_forward"] = 1.0
+    for report in (drafting, no_stat, no_echo):
+        assert "prompt-echo" not in {h.keyword for h in derive_hints(report)}

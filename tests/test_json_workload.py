@@ -11,9 +11,11 @@ import pytest
 from jsonschema import Draft202012Validator
 
 from pytest_vibeserve.workloads.json_schemas import (
+    DETERMINED_MARGIN,
     HAND,
     SENTINEL_PREFIX,
     generate_schema,
+    lookup_forwards,
     prompt_text,
     schema_cases,
     sentinel,
@@ -26,6 +28,8 @@ from reference_impls.constrained import (
     departure,
     new_matcher,
 )
+
+assert DETERMINED_MARGIN == FORCED_MARGIN  # the workload reads the reference's marks
 
 COVERED = ("$defs", "$ref", "anyOf", "oneOf", "enum", "const", "pattern", "format", "minimum")
 
@@ -131,3 +135,39 @@ def test_departure_points_at_the_first_token_outside_the_schema(tiny_model):
     assert where["accepted_tokens"] == 10 and where["rejected_token"] == ord("o")
     assert "left the schema at token 10" in where["message"]
     assert new_matcher(model_dir, response_format).validate_tokens(list(b'{"kind"')) == 7
+
+
+def test_lookup_forwards_without_echo_is_one_forward_per_open_token():
+    # nothing in the output ever occurred before: no draft is right, every open token costs one
+    tokens = [10, 11, 12, 13, 14, 15]
+    determined = [True, False, True, False, False, True]
+    assert lookup_forwards([1, 2, 3], tokens, determined) == 3  # the opening (10) is free
+
+
+def test_lookup_forwards_verifies_an_echoed_span_in_one_forward():
+    prompt = [5, 6, 7, 8, 9, 20, 21, 22, 23]
+    # the output copies 20..23 from the prompt after a free opening token
+    tokens = [1, 20, 21, 22, 23, 30]
+    determined = [True, False, False, False, False, False]
+    # forward 1 (the prefill) decides 20, drafts nothing right (1 never occurred before);
+    # forward 2 drafts 21 22 23 (after "20") and one more guess: all picked in one forward,
+    # plus 30 from the last right row
+    assert lookup_forwards(prompt, tokens, determined) == 2
+    assert lookup_forwards(prompt, tokens, determined, draft=0) == 5
+    assert lookup_forwards(prompt, tokens, determined, draft=1) == 3  # 20, 21+22, 23+30
+
+
+def test_lookup_forwards_takes_determined_tokens_free_before_and_after_a_wrong_draft():
+    tokens = [40, 50, 51, 52]
+    determined = [False, True, True, False]
+    # "7" was followed by 40: drafts 40, then 50 51 (determined): all right, so the prefill's
+    # last row decides 52 too
+    assert lookup_forwards([7, 40, 7], tokens, determined) == 1
+    # "7" was followed by 41: the draft is wrong, 40 comes from row 0, 50 51 are taken without
+    # logits, and 52 waits for a second forward
+    assert lookup_forwards([7, 41, 7], tokens, determined) == 2
+
+
+def test_lookup_forwards_refuses_mismatched_flags():
+    with pytest.raises(ValueError, match="3 tokens but 2 determined flags"):
+        lookup_forwards([1], [1, 2, 3], [True, False])

@@ -211,22 +211,7 @@ def render_engine(features: EngineFeatures) -> str:
     engine = "class GreedyEngine:\n" + "\n\n".join(m.strip("\n") for m in methods)
     lean = ""
     if f.forward == "lean" and f.matmul == "openblas":
-        cache = _fill(
-            LEAN_CACHE_CLASS,
-            layout=(
-                "float32 arrays, keys [layers, kv_heads, head_dim, capacity]\n"
-                "    and values [layers, kv_heads, capacity, head_dim]"
-            ),
-            init=LEAN_CACHE_NUMPY,
-        )
-        supported = _fill(
-            LEAN_SUPPORTED,
-            extra=LEAN_SUPPORTED_NUMPY,
-            where=" in numpy",
-            fix="matmul='torch' or forward='transformers'",
-        )
-        lean = LEAN_MODEL_NUMPY.replace("$cache\n", cache.strip("\n") + "\n")
-        lean = lean.replace("$supported\n", supported)
+        lean = numpy_lean_source("matmul='torch' or forward='transformers'")
     elif f.forward == "lean":
         cache = _fill(
             LEAN_CACHE_CLASS,
@@ -240,6 +225,24 @@ def render_engine(features: EngineFeatures) -> str:
     blocks = [lean, _cursor(f) if f.verify_block else "", _decoding(f), engine, LOGPROBS, FACTORY]
     head = _docstring(f) + "\n\n" + _imports(f) + _constants(f)
     return head + "\n\n" + "\n\n\n".join(b.strip("\n") for b in blocks if b) + "\n"
+
+
+def numpy_lean_source(fix: str) -> str:
+    """The source of ``LeanCache`` and ``LeanLlama`` in numpy: one sequence's float32 Llama
+    forward over any number of new tokens, logits of its last ``keep`` rows, rollback by
+    ``crop``. Needs ``numpy as np`` and ``torch``; ``fix`` is what its error for an unsupported
+    model tells the user to choose instead. Shared by the predicted_outputs and json engines."""
+    cache = _fill(
+        LEAN_CACHE_CLASS,
+        layout=(
+            "float32 arrays, keys [layers, kv_heads, head_dim, capacity]\n"
+            "    and values [layers, kv_heads, capacity, head_dim]"
+        ),
+        init=LEAN_CACHE_NUMPY,
+    )
+    supported = _fill(LEAN_SUPPORTED, extra=LEAN_SUPPORTED_NUMPY, where=" in numpy", fix=fix)
+    lean = LEAN_MODEL_NUMPY.replace("$cache\n", cache.strip("\n") + "\n")
+    return lean.replace("$supported\n", supported)
 
 
 def _fill(template: str, **values: Any) -> str:

@@ -12,8 +12,15 @@
   its own key order; each request starts from a deep copy.
 - ``overlap``: the mask of the next sampled position computed on a thread while the forward runs
   (it depends on the grammar alone).
-- ``forward``: ``transformers`` (the model's forward over a DynamicCache) or ``lean`` (LeanLlama,
-  preallocated keys/values); ``matmul`` (``torch``/``numpy``) and ``fused`` apply to ``lean``.
+- ``forward``: ``transformers`` (the model's forward over a DynamicCache), ``lean`` (LeanLlama,
+  preallocated keys/values; ``matmul`` (``torch``/``numpy``) and ``fused`` apply to it) or
+  ``numpy`` (predicted_outputs' LeanLlama in numpy: every op a numpy call, Q/K/V and gate/up fused,
+  OpenBLAS matmuls, logits of the last rows of a block, rollback by ``crop``).
+- ``draft``: 0, or N: prompt-lookup speculation under the grammar. Before each forward up to N
+  tokens are drafted, walking the grammar (a forced token is drafted as it is; an open one is the
+  token that followed the latest earlier occurrence of the context's last 1-4 tokens, in the prompt
+  or the output); one forward verifies them with the reference's own rule at every position, and
+  the cache is cropped back to the last right draft. Needs ``fast_forward`` and ``numpy``.
 - ``threads``: None = the harness's ``spec.threads``, N = ``torch.set_num_threads(N)``.
 """
 
@@ -26,12 +33,19 @@ from pathlib import Path
 from string import Template
 
 from agents.recipes import serving_engine
-from agents.recipes.greedy_engine import FamilyFeatureSet, FeatureError, _check_bool, _check_int
+from agents.recipes.greedy_engine import (
+    FamilyFeatureSet,
+    FeatureError,
+    _check_bool,
+    _check_int,
+    numpy_lean_source,
+)
 from agents.recipes.hybrid_engine import select
 
 FAMILY = "json"
 TEMPLATE = Path(__file__).with_name("json_engine.tmpl")
-FORWARDS = ("transformers", "lean")
+FORWARDS = ("transformers", "lean", "numpy")
+MAX_DRAFT = 64
 MATMULS = ("torch", "numpy")
 
 
@@ -45,6 +59,7 @@ class JsonFeatures(FamilyFeatureSet):
     matmul: str = "torch"
     fused: bool = False
     threads: int | None = None
+    draft: int = 0
 
     def __post_init__(self) -> None:
         if self.family != FAMILY:
@@ -57,6 +72,18 @@ class JsonFeatures(FamilyFeatureSet):
             raise FeatureError(f"matmul={self.matmul!r}; valid values: {', '.join(MATMULS)}")
         if self.threads is not None:
             _check_int("threads", self.threads, 1, None, "or null for the harness's spec.threads")
+        _check_int("draft", self.draft, 0, MAX_DRAFT, "(0 = no drafting)")
+        if self.draft and not (self.fast_forward and self.forward == "numpy"):
+            raise FeatureError(
+                f"draft={self.draft} needs fast_forward=true and forward='numpy' (the walk takes "
+                "forced tokens without logits; the verify forward returns logits of every drafted "
+                "row and rolls the cache back): set them, or draft=0"
+            )
+        if self.forward == "numpy" and (self.matmul != "torch" or self.fused):
+            raise FeatureError(
+                "forward='numpy' runs every op in numpy with Q/K/V and gate/up already fused; "
+                "matmul and fused apply to forward='lean' only: leave them at 'torch' and false"
+            )
         needs = [
             name
             for name, used in (("matmul='numpy'", self.matmul == "numpy"), ("fused", self.fused))
@@ -83,8 +110,18 @@ def lean_llama(features: JsonFeatures) -> str:
 def render_engine(features: JsonFeatures) -> str:
     """The full source of an engine.py holding exactly the techniques ``features`` names."""
     f = features
+    if f.forward == "numpy":
+        source = numpy_lean_source("forward='lean' or 'transformers'")
+        model = "\n\n" + source.strip("\n") + "\n\n\n"
+    elif f.forward == "lean":
+        model = lean_llama(f)
+    else:
+        model = "\n"
     flags = {
         "lean": f.forward == "lean",
+        "transformers": f.forward == "transformers",
+        "numpy_forward": f.forward == "numpy",
+        "draft": bool(f.draft),
         "fast_forward": f.fast_forward,
         "grammar_cache": f.grammar_cache,
         "overlap": f.overlap,
@@ -94,7 +131,8 @@ def render_engine(features: JsonFeatures) -> str:
         describe=f.describe(),
         story=_story(f),
         threads=f.threads,
-        lean_llama=lean_llama(f) if f.forward == "lean" else "\n",
+        draft=f.draft,
+        lean_llama=model,
     )
 
 
@@ -109,6 +147,17 @@ def _story(f: JsonFeatures) -> str:
             else "token, forced or not (the forward also writes the token's keys and values)."
         )
     ]
+    if f.draft:
+        paragraphs.append(
+            f"Prompt-lookup speculation under the grammar: before each forward up to {f.draft} "
+            "tokens are drafted by walking the grammar (forced tokens as they are, open ones "
+            "from the latest earlier occurrence of the context's last 1-4 tokens in the prompt or "
+            "the output); the forward returns logits for every drafted row, the reference's rule "
+            "picks each token in turn, drafting is right as long as its tokens are the picked "
+            "ones, and the cache is cropped back after the last right one. A token the grammar "
+            "leaves open is always the argmax of logits computed after the reference's own "
+            "tokens."
+        )
     paragraphs.append(
         "Grammars compiled once per schema (keyed by the whole schema, in its own key order) and "
         "deep-copied per request."
@@ -117,6 +166,11 @@ def _story(f: JsonFeatures) -> str:
     )
     if f.overlap:
         paragraphs.append("The mask is computed on a thread while the forward runs.")
+    if f.forward == "numpy":
+        paragraphs.append(
+            "LeanLlama in numpy (predicted_outputs' forward): every op a numpy call, Q/K/V and "
+            "gate/up fused, OpenBLAS matmuls, keys/values preallocated."
+        )
     if f.forward == "lean":
         paragraphs.append(
             "LeanLlama forward (preallocated keys/values), "

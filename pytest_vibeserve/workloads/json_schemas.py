@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +30,9 @@ from pytest_vibeserve.workload import Workload
 
 SENTINEL_PREFIX = "sx-"
 RESPONSE_NAME = "response"
+LOOKUP_DRAFT = 16  # tokens drafted per forward in the simulated prompt lookup (workload stats)
+LOOKUP_NGRAM = 4
+DETERMINED_MARGIN = 1e9  # reference_impls.constrained.FORCED_MARGIN: the grammar decided it
 SYSTEM = (
     "You are a helpful assistant that answers only with JSON. Your reply must be a single JSON "
     "document that follows this JSON schema:\n{schema}"
@@ -352,6 +356,71 @@ def chat_ids(tokenizer: Any, system: str, user: str) -> list[int]:
     return [int(t) for t in ids]
 
 
+def lookup_forwards(
+    prompt: Sequence[int],
+    tokens: Sequence[int],
+    determined: Sequence[bool],
+    *,
+    draft: int = LOOKUP_DRAFT,
+    ngram: int = LOOKUP_NGRAM,
+) -> int:
+    """Forwards a decoder needs to produce ``tokens`` (the reference's output of one request) when
+    tokens the grammar ``determined`` cost no forward of their own and, before each forward, up to
+    ``draft`` tokens are guessed and verified at once: a determined token as it is, an open one
+    the token after the latest earlier occurrence of the context's last 1..``ngram`` tokens
+    (prompt and output so far). A forward decides each open token whose every draft before it was
+    right; the first forward is the prefill (a document's determined opening comes before it).
+
+    A property of the workload, not of an engine: it gives the Evaluator the tokens per forward
+    that prompt lookup under the grammar could reach here, beside the candidate's."""
+    if len(determined) != len(tokens):
+        raise ValueError(f"{len(tokens)} tokens but {len(determined)} determined flags")
+    context: list[int] = []
+    index: dict[tuple[int, ...], int] = {}
+
+    def remember(token: int) -> None:
+        at = len(context)
+        context.append(token)
+        for n in range(1, min(ngram, at) + 1):
+            index[tuple(context[at - n : at])] = at
+
+    def predict(tail: list[int]) -> int | None:
+        for n in range(min(ngram, len(tail)), 0, -1):
+            at = index.get(tuple(tail[-n:]))
+            if at is not None:
+                return context[at]
+        return None
+
+    for token in prompt:
+        remember(token)
+    i = 0
+    while i < len(tokens) and determined[i]:
+        remember(tokens[i])
+        i += 1
+    forwards = 0
+    while i < len(tokens):
+        drafts: list[int] = []
+        tail = context[-ngram:]
+        while len(drafts) < draft:
+            q = i + len(drafts)
+            guess = tokens[q] if q < len(tokens) and determined[q] else predict(tail)
+            if guess is None:
+                break
+            drafts.append(guess)
+            tail = [*tail[1 - ngram :], guess] if ngram > 1 else [guess]
+        forwards += 1
+        right = picked = 0
+        while i < len(tokens):
+            if not determined[i] and (right < picked or picked > len(drafts)):
+                break
+            if right == picked < len(drafts) and drafts[picked] == tokens[i]:
+                right += 1
+            remember(tokens[i])
+            i += 1
+            picked += 1
+    return forwards
+
+
 def build_json_workload(
     params: dict[str, Any], tokenizer: Any, reference: Reference, seed: int
 ) -> Workload:
@@ -397,9 +466,22 @@ def build_json_workload(
             "hand_written": sum(1 for n in names.values() if not n.startswith("generated")),
             "max_tokens": max_tokens,
             "output_tokens_total": sum(len(expected[r.request_id].tokens) for r in requests),
+            "lookup_tokens_per_forward": _lookup_tokens_per_forward(requests, expected),
         },
         facts={
             rid: {"sentinel": sentinels[rid], "schema": schemas[rid], "case": names[rid]}
             for rid in sentinels
         },
     )
+
+
+def _lookup_tokens_per_forward(requests: Sequence[Request], expected: dict) -> float:
+    """Output tokens per forward over the workload under simulated prompt lookup with the
+    grammar's determined tokens free (``lookup_forwards``), from the reference's outputs."""
+    tokens = forwards = 0
+    for request in requests:
+        out = expected[request.request_id]
+        determined = [margin >= DETERMINED_MARGIN for margin in out.margins]
+        tokens += len(out.tokens)
+        forwards += lookup_forwards(request.prompt_token_ids, out.tokens, determined)
+    return round(tokens / forwards, 2) if forwards else 0.0

@@ -9,11 +9,17 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo root, for agents.recipes
 
 from agents.recipes.cli import Change, main_for
+from agents.recipes.greedy_engine import FeatureError
 from agents.recipes.json_engine import JsonFeatures
 from agents.recipes.serving_engine import ServingFeatures
 
 
 def apply(features: ServingFeatures | JsonFeatures, params: dict) -> Change:
+    if features.forward == "numpy":
+        raise FeatureError(
+            "forward='numpy' (the numpy LeanLlama) already runs Q/K/V and gate/up as one matmul "
+            "each: nothing left to fuse"
+        )
     note = "" if features.forward == "lean" else " (on LeanLlama, which owns the weights)"
     return Change(
         features.replace(forward="lean", fused=True),
