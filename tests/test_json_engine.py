@@ -30,8 +30,10 @@ ALL = [
         (("transformers", "torch"), ("lean", "torch"), ("lean", "numpy"), ("numpy", "torch")),
     )
 ] + [
-    JsonFeatures(fast_forward=True, forward="numpy", draft=draft, grammar_cache=cache)
-    for draft, cache in ((1, False), (16, True))
+    JsonFeatures(
+        fast_forward=True, forward="numpy", draft=draft, grammar_cache=cache, block_rows=rows
+    )
+    for draft, cache, rows in ((1, False, 0), (16, True, 0), (16, False, 8))
 ]
 
 
@@ -43,6 +45,7 @@ def test_every_feature_renders_code_that_compiles(features):
     assert ("class LeanCache" in source) == (features.forward == "numpy")
     assert ("compute_ff_tokens" in source) and ("_forced_run" in source) == features.fast_forward
     assert ("def _step_draft" in source) == bool(features.draft)
+    assert ("BLOCK_ROWS = " in source) == bool(features.block_rows)
 
 
 @pytest.mark.parametrize(
@@ -54,6 +57,7 @@ def test_every_feature_renders_code_that_compiles(features):
         ({"draft": 8, "forward": "numpy"}, "draft=8 needs fast_forward=true and forward='numpy'"),
         ({"draft": 8, "fast_forward": True}, "draft=8 needs fast_forward=true and forward='numpy'"),
         ({"draft": -1}, "draft"),
+        ({"block_rows": 8}, "block_rows=8 pads the verify forwards of drafting: set draft"),
         ({"forward": "numpy", "matmul": "numpy"}, "matmul and fused apply to forward='lean'"),
         ({"family": "serving"}, "this renderer draws 'json'"),
     ],
@@ -82,6 +86,7 @@ ENGINES_WITH_EVERYTHING = {
     # drafts verified in blocks on top (52 measured at draft 12: random weights rarely echo
     # their prompt)
     "draft": JsonFeatures(fast_forward=True, grammar_cache=True, forward="numpy", draft=16),
+    "draft-rows": JsonFeatures(fast_forward=True, forward="numpy", draft=16, block_rows=8),
 }
 
 

@@ -101,6 +101,30 @@ def test_starter_passes_with_the_grammar_report(pytester, vibeserve_cache):
     assert all(v.startswith("6/6 valid") for v in comparison["validity"].values())
 
 
+def test_a_workload_whose_reference_documents_do_not_finish_fails_its_own_gate(
+    pytester, vibeserve_cache
+):
+    """The reference's validity is the workload's quality: with room for 4 tokens no document
+    finishes, and the reference gate (not an engine's check) fails, naming the rate and the
+    minimum."""
+    result, report = run_scenario(
+        pytester,
+        vibeserve_cache,
+        "--vibeserve-workload",
+        "max_tokens=4",
+        "-k",
+        "reference_documents",
+    )
+    result.assert_outcomes(failed=1, deselected=4)
+    (reference,) = [c for c in report["correctness"]["checks"] if c["name"] == "json_schema"]
+    assert reference["summary"].startswith("reference: ") and not reference["passed"]
+    assert "0/6 outputs valid (min fraction 0.95)" in reference["summary"]
+    rate, *documents = reference["failures"]
+    assert "valid fraction 0.000 (0/6) is below the required 0.950" in rate["message"]
+    assert len(documents) == 6
+    assert all("the document is unfinished" in f["message"] for f in documents)
+
+
 def test_valid_json_of_the_wrong_values_fails_the_token_check(pytester, vibeserve_cache, tmp_path):
     engine = wrong_engine(tmp_path, "wrong_values", WRONG_VALUES)
     result, report = run_scenario(

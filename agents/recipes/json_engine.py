@@ -16,6 +16,9 @@
   preallocated keys/values; ``matmul`` (``torch``/``numpy``) and ``fused`` apply to it) or
   ``numpy`` (predicted_outputs' LeanLlama in numpy: every op a numpy call, Q/K/V and gate/up fused,
   OpenBLAS matmuls, logits of the last rows of a block, rollback by ``crop``).
+- ``block_rows``: 0, or R: every verify forward padded to a multiple of R rows, and drafts fill
+  the block the unfed tokens start (no further): a GEMM over 8 rows costs here what one over 2-4
+  does, and 5-7 rows cost more. Needs ``draft``.
 - ``draft``: 0, or N: prompt-lookup speculation under the grammar. Before each forward up to N
   tokens are drafted, walking the grammar (a forced token is drafted as it is; an open one is the
   token that followed the latest earlier occurrence of the context's last 1-4 tokens, in the prompt
@@ -60,6 +63,7 @@ class JsonFeatures(FamilyFeatureSet):
     fused: bool = False
     threads: int | None = None
     draft: int = 0
+    block_rows: int = 0
 
     def __post_init__(self) -> None:
         if self.family != FAMILY:
@@ -78,6 +82,12 @@ class JsonFeatures(FamilyFeatureSet):
                 f"draft={self.draft} needs fast_forward=true and forward='numpy' (the walk takes "
                 "forced tokens without logits; the verify forward returns logits of every drafted "
                 "row and rolls the cache back): set them, or draft=0"
+            )
+        _check_int("block_rows", self.block_rows, 0, MAX_DRAFT, "(0 = no padding)")
+        if self.block_rows and not self.draft:
+            raise FeatureError(
+                f"block_rows={self.block_rows} pads the verify forwards of drafting: set draft "
+                "(grammar-prompt-lookup), or block_rows=0"
             )
         if self.forward == "numpy" and (self.matmul != "torch" or self.fused):
             raise FeatureError(
@@ -122,6 +132,7 @@ def render_engine(features: JsonFeatures) -> str:
         "transformers": f.forward == "transformers",
         "numpy_forward": f.forward == "numpy",
         "draft": bool(f.draft),
+        "block_rows": bool(f.block_rows),
         "fast_forward": f.fast_forward,
         "grammar_cache": f.grammar_cache,
         "overlap": f.overlap,
@@ -132,6 +143,7 @@ def render_engine(features: JsonFeatures) -> str:
         story=_story(f),
         threads=f.threads,
         draft=f.draft,
+        block_rows=f.block_rows,
         lean_llama=model,
     )
 
@@ -166,6 +178,11 @@ def _story(f: JsonFeatures) -> str:
     )
     if f.overlap:
         paragraphs.append("The mask is computed on a thread while the forward runs.")
+    if f.block_rows:
+        paragraphs.append(
+            f"Verify forwards padded to a multiple of {f.block_rows} rows, drafts filling the "
+            "block the unfed tokens start: the row counts this CPU's GEMM runs fastest."
+        )
     if f.forward == "numpy":
         paragraphs.append(
             "LeanLlama in numpy (predicted_outputs' forward): every op a numpy call, Q/K/V and "
