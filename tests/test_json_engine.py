@@ -19,22 +19,24 @@ from agents.recipes.json_engine import JsonFeatures, render_engine
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIO = ROOT / "scenarios" / "json_decoding"
 
-ALL = [
-    JsonFeatures(
-        fast_forward=ff, grammar_cache=cache, overlap=overlap, forward=forward, matmul=matmul
-    )
-    for ff, cache, overlap, (forward, matmul) in itertools.product(
-        (False, True),
-        (False, True),
-        (False, True),
-        (("transformers", "torch"), ("lean", "torch"), ("lean", "numpy"), ("numpy", "torch")),
-    )
-] + [
-    JsonFeatures(
-        fast_forward=True, forward="numpy", draft=draft, grammar_cache=cache, block_rows=rows
-    )
-    for draft, cache, rows in ((1, False, 0), (16, True, 0), (16, False, 8))
-]
+ALL = (
+    [
+        JsonFeatures(
+            fast_forward=ff, grammar_cache=cache, overlap=overlap, forward=forward, matmul=matmul
+        )
+        for ff, cache, overlap, (forward, matmul) in itertools.product(
+            (False, True),
+            (False, True),
+            (False, True),
+            (("transformers", "torch"), ("lean", "torch"), ("lean", "numpy"), ("numpy", "torch")),
+        )
+    ]
+    + [
+        JsonFeatures(fast_forward=True, forward="numpy", draft=draft, grammar_cache=cache)
+        for draft, cache in ((1, False), (16, True))
+    ]
+    + [JsonFeatures(fast_forward=True, forward="numpy", draft=8, min_ngram=1)]
+)
 
 
 @pytest.mark.parametrize("features", ALL, ids=lambda f: f.describe())
@@ -45,7 +47,8 @@ def test_every_feature_renders_code_that_compiles(features):
     assert ("class LeanCache" in source) == (features.forward == "numpy")
     assert ("compute_ff_tokens" in source) and ("_forced_run" in source) == features.fast_forward
     assert ("def _step_draft" in source) == bool(features.draft)
-    assert ("BLOCK_ROWS = " in source) == bool(features.block_rows)
+    if features.draft:
+        assert f"MIN_NGRAM = {features.min_ngram}" in source
 
 
 @pytest.mark.parametrize(
@@ -57,7 +60,7 @@ def test_every_feature_renders_code_that_compiles(features):
         ({"draft": 8, "forward": "numpy"}, "draft=8 needs fast_forward=true and forward='numpy'"),
         ({"draft": 8, "fast_forward": True}, "draft=8 needs fast_forward=true and forward='numpy'"),
         ({"draft": -1}, "draft"),
-        ({"block_rows": 8}, "block_rows=8 pads the verify forwards of drafting: set draft"),
+        ({"min_ngram": 0}, "min_ngram"),
         ({"forward": "numpy", "matmul": "numpy"}, "matmul and fused apply to forward='lean'"),
         ({"family": "serving"}, "this renderer draws 'json'"),
     ],
@@ -86,7 +89,6 @@ ENGINES_WITH_EVERYTHING = {
     # drafts verified in blocks on top (52 measured at draft 12: random weights rarely echo
     # their prompt)
     "draft": JsonFeatures(fast_forward=True, grammar_cache=True, forward="numpy", draft=16),
-    "draft-rows": JsonFeatures(fast_forward=True, forward="numpy", draft=16, block_rows=8),
 }
 
 

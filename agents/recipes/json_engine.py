@@ -16,14 +16,14 @@
   preallocated keys/values; ``matmul`` (``torch``/``numpy``) and ``fused`` apply to it) or
   ``numpy`` (predicted_outputs' LeanLlama in numpy: every op a numpy call, Q/K/V and gate/up fused,
   OpenBLAS matmuls, logits of the last rows of a block, rollback by ``crop``).
-- ``block_rows``: 0, or R: every verify forward padded to a multiple of R rows, and drafts fill
-  the block the unfed tokens start (no further): a GEMM over 8 rows costs here what one over 2-4
-  does, and 5-7 rows cost more. Needs ``draft``.
 - ``draft``: 0, or N: prompt-lookup speculation under the grammar. Before each forward up to N
   tokens are drafted, walking the grammar (a forced token is drafted as it is; an open one is the
   token that followed the latest earlier occurrence of the context's last 1-4 tokens, in the prompt
   or the output); one forward verifies them with the reference's own rule at every position, and
   the cache is cropped back to the last right draft. Needs ``fast_forward`` and ``numpy``.
+- ``min_ngram``: the shortest context suffix a draft may follow (1-4, default 2): with no match
+  that long, an open token is drafted no further, and a forward over one unfed token is a GEMV,
+  about half the cost of a forward over 2-8 rows here.
 - ``threads``: None = the harness's ``spec.threads``, N = ``torch.set_num_threads(N)``.
 """
 
@@ -49,6 +49,7 @@ FAMILY = "json"
 TEMPLATE = Path(__file__).with_name("json_engine.tmpl")
 FORWARDS = ("transformers", "lean", "numpy")
 MAX_DRAFT = 64
+MAX_NGRAM = 4  # the longest suffix the drafting looks up
 MATMULS = ("torch", "numpy")
 
 
@@ -63,7 +64,7 @@ class JsonFeatures(FamilyFeatureSet):
     fused: bool = False
     threads: int | None = None
     draft: int = 0
-    block_rows: int = 0
+    min_ngram: int = 2
 
     def __post_init__(self) -> None:
         if self.family != FAMILY:
@@ -77,17 +78,12 @@ class JsonFeatures(FamilyFeatureSet):
         if self.threads is not None:
             _check_int("threads", self.threads, 1, None, "or null for the harness's spec.threads")
         _check_int("draft", self.draft, 0, MAX_DRAFT, "(0 = no drafting)")
+        _check_int("min_ngram", self.min_ngram, 1, MAX_NGRAM, "(the shortest suffix looked up)")
         if self.draft and not (self.fast_forward and self.forward == "numpy"):
             raise FeatureError(
                 f"draft={self.draft} needs fast_forward=true and forward='numpy' (the walk takes "
                 "forced tokens without logits; the verify forward returns logits of every drafted "
                 "row and rolls the cache back): set them, or draft=0"
-            )
-        _check_int("block_rows", self.block_rows, 0, MAX_DRAFT, "(0 = no padding)")
-        if self.block_rows and not self.draft:
-            raise FeatureError(
-                f"block_rows={self.block_rows} pads the verify forwards of drafting: set draft "
-                "(grammar-prompt-lookup), or block_rows=0"
             )
         if self.forward == "numpy" and (self.matmul != "torch" or self.fused):
             raise FeatureError(
@@ -132,7 +128,6 @@ def render_engine(features: JsonFeatures) -> str:
         "transformers": f.forward == "transformers",
         "numpy_forward": f.forward == "numpy",
         "draft": bool(f.draft),
-        "block_rows": bool(f.block_rows),
         "fast_forward": f.fast_forward,
         "grammar_cache": f.grammar_cache,
         "overlap": f.overlap,
@@ -143,7 +138,7 @@ def render_engine(features: JsonFeatures) -> str:
         story=_story(f),
         threads=f.threads,
         draft=f.draft,
-        block_rows=f.block_rows,
+        min_ngram=f.min_ngram,
         lean_llama=model,
     )
 
@@ -163,12 +158,12 @@ def _story(f: JsonFeatures) -> str:
         paragraphs.append(
             f"Prompt-lookup speculation under the grammar: before each forward up to {f.draft} "
             "tokens are drafted by walking the grammar (forced tokens as they are, open ones "
-            "from the latest earlier occurrence of the context's last 1-4 tokens in the prompt or "
-            "the output); the forward returns logits for every drafted row, the reference's rule "
-            "picks each token in turn, drafting is right as long as its tokens are the picked "
-            "ones, and the cache is cropped back after the last right one. A token the grammar "
-            "leaves open is always the argmax of logits computed after the reference's own "
-            "tokens."
+            f"from the latest earlier occurrence of the context's last {f.min_ngram}-4 tokens in "
+            "the prompt or the output); the forward returns logits for every drafted row, the "
+            "reference's rule picks each token in turn, drafting is right as long as its tokens "
+            "are the picked ones, and the cache is cropped back after the last right one. A token "
+            "the grammar leaves open is always the argmax of logits computed after the "
+            "reference's own tokens."
         )
     paragraphs.append(
         "Grammars compiled once per schema (keyed by the whole schema, in its own key order) and "
@@ -178,11 +173,6 @@ def _story(f: JsonFeatures) -> str:
     )
     if f.overlap:
         paragraphs.append("The mask is computed on a thread while the forward runs.")
-    if f.block_rows:
-        paragraphs.append(
-            f"Verify forwards padded to a multiple of {f.block_rows} rows, drafts filling the "
-            "block the unfed tokens start: the row counts this CPU's GEMM runs fastest."
-        )
     if f.forward == "numpy":
         paragraphs.append(
             "LeanLlama in numpy (predicted_outputs' forward): every op a numpy call, Q/K/V and "

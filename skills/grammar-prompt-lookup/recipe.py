@@ -1,7 +1,7 @@
 """Recipe of skill grammar-prompt-lookup: drafts from the prompt, verified under the grammar.
 
 python skills/grammar-prompt-lookup/recipe.py --engine-dir DIR [--param draft=16]
-    [--param block_rows=8]
+    [--param min_ngram=2]
 """
 
 import sys
@@ -10,16 +10,16 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo root, for agents.recipes
 
 from agents.recipes.cli import Change, Param, main_for
-from agents.recipes.json_engine import MAX_DRAFT, JsonFeatures
+from agents.recipes.json_engine import MAX_DRAFT, MAX_NGRAM, JsonFeatures
 
 PARAMS = [
     Param("draft", 16, minimum=1, maximum=MAX_DRAFT),
-    Param("block_rows", 8, minimum=0, maximum=MAX_DRAFT),
+    Param("min_ngram", 2, minimum=1, maximum=MAX_NGRAM),
 ]
 
 
 def apply(features: JsonFeatures, params: dict) -> Change:
-    draft, rows = params["draft"], params["block_rows"]
+    draft, shortest = params["draft"], params["min_ngram"]
     also = {}
     if not features.fast_forward:
         also["forced-token-fast-forward"] = {}
@@ -33,7 +33,7 @@ def apply(features: JsonFeatures, params: dict) -> Change:
     return Change(
         features.replace(
             draft=draft,
-            block_rows=rows,
+            min_ngram=shortest,
             fast_forward=True,
             forward="numpy",
             matmul="torch",
@@ -42,15 +42,9 @@ def apply(features: JsonFeatures, params: dict) -> Change:
         ),
         summary=f"prompt-lookup speculation under the grammar{''.join(notes)}: up to {draft} "
         "tokens drafted per forward by walking the grammar (forced tokens as they are, open ones "
-        "from the latest earlier occurrence of the context's last 1-4 tokens), verified in one "
-        "forward with the reference's rule at every position, the cache cropped after the last "
-        "right draft"
-        + (
-            f"; each verify forward padded to a multiple of {rows} rows, drafts filling the "
-            "block the unfed tokens start (the row counts this CPU's GEMM runs fastest)"
-            if rows
-            else ""
-        ),
+        f"from the latest earlier occurrence of the context's last {shortest}-4 tokens), verified "
+        "in one forward with the reference's rule at every position, the cache cropped after "
+        "the last right draft",
         expected="tokens per forward up to the workload's lookup_tokens_per_forward (~3.6 at the "
         "cpu scale); a block forward costs ~1.5-2.5x a one-token one here, so ~1.5-2x lower "
         "latency; logits move in the last bits",
