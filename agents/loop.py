@@ -449,6 +449,7 @@ class SynthesisLoop:
             "value": evaluation.value,
             "starter_value": evaluation.baseline,
             "unit": evaluation.unit,
+            "engines": _engine_figures(evaluation.report),
         }
         self._log(
             f"confirm: round {state.best_round} is {evaluation.ratio:.2f}x the starter "
@@ -534,3 +535,23 @@ class SynthesisLoop:
                 self.config.run_dir, self.config.scenario, self.workspace.rounds_as_dicts(), extra
             )
         return state
+
+
+# What an engine reports about itself in the run's table and the confirmation repeats.
+ENGINE_FIGURES = ("tokens_per_forward", "forced_fraction", "mask_ms_per_token")
+
+
+def _engine_figures(report: dict[str, Any] | None) -> dict[str, dict[str, float]]:
+    """The confirmation's engine-reported figures, candidate and starter: tokens per forward and,
+    under a grammar, the share of output tokens it forced and its grammar work per token."""
+    table = ((report or {}).get("performance") or {}).get("table") or []
+    figures = {}
+    for row in table:
+        if row.get("engine") in ("candidate", "baseline"):
+            found = {
+                key: float(row[key])
+                for key in ENGINE_FIGURES
+                if isinstance(row.get(key), int | float) and row[key] == row[key]  # not NaN
+            }
+            figures["best" if row["engine"] == "candidate" else "starter"] = found
+    return figures

@@ -106,6 +106,9 @@ def write_reports(
             f"{confirmed['ratio_vs_starter']:.2f}x the starter (noise ± {confirmed['noise']:.1%}; "
             f"{confirmed['value']:.4g} vs {confirmed['starter_value']:.4g} {confirmed['unit']})."
         )
+        figures = _figures_line(confirmed.get("engines") or {})
+        if figures:
+            lines.append(figures)
     elif confirmed:
         lines.append(f"The confirming run failed: {confirmed.get('problem', '')[:300]}")
     lines += [
@@ -125,3 +128,21 @@ def write_reports(
         )
     (run_dir / "report.md").write_text("\n".join(lines) + "\n")
     return report
+
+
+def _figures_line(engines: dict[str, dict[str, float]]) -> str:
+    """One sentence of what the confirmed engines report about themselves."""
+    parts = []
+    for name in ("best", "starter"):
+        figures = engines.get(name) or {}
+        words = []
+        if "tokens_per_forward" in figures:
+            words.append(f"{figures['tokens_per_forward']:.2f} tokens per forward")
+        if "forced_fraction" in figures:
+            words.append(f"{figures['forced_fraction']:.0%} of output tokens forced by the grammar")
+        if "mask_ms_per_token" in figures:
+            words.append(f"{figures['mask_ms_per_token']:.2f} ms of grammar work per token")
+        if words:
+            who = "the best engine" if name == "best" else "the starter"
+            parts.append(f"{who} " + ", ".join(words))
+    return f"Engine-reported in that run: {'; '.join(parts)}." if parts else ""

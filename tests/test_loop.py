@@ -502,3 +502,41 @@ def test_a_technique_applied_on_the_way_is_done_and_counts_as_tried(tmp_path):
     # block 8 counts as tried: the sweep went on to 16, never back to 8
     block_calls = [params for skill, params, _ in backend.calls if skill == "block-verify"]
     assert {"block": 8} not in block_calls
+
+
+def test_the_report_gives_what_the_confirmed_engines_report_about_themselves(tmp_path):
+    """The confirmation's table carries engine-reported figures (tokens per forward, the share
+    of output tokens the grammar forced, grammar work per token): report.md states them."""
+    from agents.loop import _engine_figures
+    from agents.report import write_reports
+
+    table = [
+        {"engine": "candidate", "tokens_per_forward": 3.21, "forced_fraction": 0.277},
+        {"engine": "baseline", "tokens_per_forward": 1.0, "forced_fraction": 0.277},
+        {"engine": "hf_guided", "tokens_per_forward": 1.0},
+        {"engine": "x", "forced_fraction": float("nan")},
+    ]
+    engines = _engine_figures({"performance": {"table": table}})
+    assert engines == {
+        "best": {"tokens_per_forward": 3.21, "forced_fraction": 0.277},
+        "starter": {"tokens_per_forward": 1.0, "forced_fraction": 0.277},
+    }
+    confirmed = {
+        "round": 2,
+        "ok": True,
+        "ratio_vs_starter": 3.31,
+        "noise": 0.03,
+        "value": 1450.0,
+        "starter_value": 4799.0,
+        "unit": "ms",
+        "engines": engines,
+    }
+    rounds = [{"round": 0, "verdict": "accepted", "ratio": 1.0, "value": 4695.0}]
+    write_reports(tmp_path, "json_decoding", rounds, {"confirmed": confirmed})
+    text = (tmp_path / "report.md").read_text()
+    assert (
+        "Engine-reported in that run: the best engine 3.21 tokens per forward, 28% of output "
+        "tokens forced by the grammar; the starter 1.00 tokens per forward, 28% of output tokens "
+        "forced by the grammar." in text
+    )
+    assert _engine_figures(None) == {}

@@ -158,3 +158,53 @@ def test_three_seeds_on_two_workers_report_their_spread(pytester, tmp_path, vibe
     for seed in range(3):
         assert (workdir / "predicted_outputs" / f"seed-{seed}" / "report.json").exists()
     result.stdout.fnmatch_lines(["*vibeserve synthesis*"])
+
+
+@pytest.mark.slow
+def test_the_json_loop_at_tiny_scale_judges_and_measures_its_skills(
+    pytester, tmp_path, vibeserve_cache
+):
+    """Scenario json_decoding's loop, 3 rounds at the tiny scale: every round applies a json
+    skill's recipe, the Judge checks it against the constrained reference on held-out schemas,
+    and the report says what the confirmed engines report about themselves."""
+    workdir = tmp_path / "work"
+    scenario = SCENARIO.parent / "json_decoding"
+    result = pytester.runpytest_subprocess(
+        "--vibeserve-synth",
+        str(scenario),
+        "--vibeserve-scale",
+        "tiny",
+        "--vibeserve-rounds",
+        "3",
+        "--vibeserve-workdir",
+        str(workdir),
+        "--vibeserve-cache",
+        str(vibeserve_cache),
+        "-p",
+        "no:cacheprovider",
+        timeout=1200,
+    )
+    result.assert_outcomes(passed=1)
+    run_dir = workdir / "json_decoding" / "seed-0"
+    rounds = read_rounds(run_dir / "workspace")
+    assert [r["round"] for r in rounds] == [0, 1, 2, 3]
+    assert all(r["metric"] == "e2e_p50_ms" and r["unit"] == "ms" for r in rounds)
+    json_skills = {
+        "openblas-matmul",
+        "forced-token-fast-forward",
+        "grammar-prompt-lookup",
+        "grammar-compile-cache",
+        "mask-overlap",
+        "fused-projections",
+        "thread-blas-tuning",
+    }
+    assert {r["skill"] for r in rounds[1:]} <= json_skills
+    assert any(r["verdict"] == "accepted" for r in rounds[1:])
+    for record in rounds[1:]:
+        if record["verdict"] == "accepted":  # the Judge passed it on held-out schemas
+            judge = json.loads(
+                (run_dir / "private" / f"round-{record['round']}" / "judge-report.json").read_text()
+            )
+            assert judge["correctness"]["passed"] is True
+    text = (run_dir / "report.md").read_text()
+    assert "x the starter" in text and "of output tokens forced by the grammar" in text
