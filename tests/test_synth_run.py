@@ -21,19 +21,7 @@ SCENARIO = Path(__file__).resolve().parent.parent / "scenarios" / "predicted_out
 def test_a_round_leaves_history_reports_and_memory(pytester, tmp_path, vibeserve_cache):
     workdir = tmp_path / "work"
     result = pytester.runpytest_subprocess(
-        "--vibeserve-synth",
-        str(SCENARIO),
-        "--vibeserve-scale",
-        "tiny",
-        "--vibeserve-rounds",
-        "1",
-        "--vibeserve-workdir",
-        str(workdir),
-        "--vibeserve-cache",
-        str(vibeserve_cache),
-        "-p",
-        "no:cacheprovider",
-        timeout=900,
+        *synth_args(SCENARIO, workdir, vibeserve_cache, 1), timeout=900
     )
     run_dir = workdir / "predicted_outputs" / "seed-0"
     workspace = run_dir / "workspace"
@@ -64,15 +52,13 @@ def test_a_round_leaves_history_reports_and_memory(pytester, tmp_path, vibeserve
     assert str(judge_report["seed"]) not in (workspace / "progress.md").read_text()
 
 
-def synth_command(workdir: Path, cache: Path, rounds: int, *extra: str) -> list[str]:
+def synth_args(scenario: Path, workdir: Path, cache: Path, rounds: int) -> list[str]:
+    """pytest's arguments for the loop at the tiny scale."""
     return [
-        sys.executable,
-        "-m",
-        "pytest",
         "-p",
         "no:cacheprovider",
         "--vibeserve-synth",
-        str(SCENARIO),
+        str(scenario),
         "--vibeserve-scale",
         "tiny",
         "--vibeserve-rounds",
@@ -81,8 +67,11 @@ def synth_command(workdir: Path, cache: Path, rounds: int, *extra: str) -> list[
         str(workdir),
         "--vibeserve-cache",
         str(cache),
-        *extra,
     ]
+
+
+def synth_command(workdir: Path, cache: Path, rounds: int, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "pytest", *synth_args(SCENARIO, workdir, cache, rounds), *extra]
 
 
 def read_rounds(workspace: Path) -> list[dict]:
@@ -170,19 +159,7 @@ def test_the_json_loop_at_tiny_scale_judges_and_measures_its_skills(
     workdir = tmp_path / "work"
     scenario = SCENARIO.parent / "json_decoding"
     result = pytester.runpytest_subprocess(
-        "--vibeserve-synth",
-        str(scenario),
-        "--vibeserve-scale",
-        "tiny",
-        "--vibeserve-rounds",
-        "3",
-        "--vibeserve-workdir",
-        str(workdir),
-        "--vibeserve-cache",
-        str(vibeserve_cache),
-        "-p",
-        "no:cacheprovider",
-        timeout=1200,
+        *synth_args(scenario, workdir, vibeserve_cache, 3), timeout=1200
     )
     result.assert_outcomes(passed=1)
     run_dir = workdir / "json_decoding" / "seed-0"
