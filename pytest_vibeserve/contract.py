@@ -8,10 +8,18 @@ vLLM/nano-vllm: ``add_request`` queues work, ``step`` advances it and returns th
 Decoding is greedy. A request ends after ``max_new_tokens`` tokens, or right after emitting one of
 its ``stop_token_ids`` (that token is part of the output). The contract imports nothing from pytest
 or the rest of the harness, so an engine and its worker load only this module.
+
+Audio streams (scenario ``streaming_asr``) use the same loop with ``add_audio`` in place of
+``add_request``: the first ``AudioChunk`` of a stream opens it, each chunk is answered by exactly
+one ``Event`` carrying the whole transcript of the audio so far (``token_ids``, after the decoder
+start token) with ``payload={"type": "partial", "chunk": index}``, and the chunk marked ``final``
+(which may carry no samples) by one with ``"type": "final"`` and ``finished=True``, after which the
+stream is closed. Chunks of a stream arrive in order; streams interleave.
 """
 
 from __future__ import annotations
 
+import base64
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -21,6 +29,8 @@ FORWARD_COUNTER = "model_forward_calls"
 # fields it honours; a server refuses a request using a field the engine does not list.
 # ``prediction`` is a hint every engine may ignore, so it is always passed.
 CAPABILITIES = frozenset({"prediction", "response_format", "logprobs"})
+AUDIO_SAMPLE_RATE = 16000  # audio chunks carry 16 kHz mono int16 little-endian samples
+AUDIO_FRAME_SAMPLES = 320  # ... a whole number of 20 ms frames (the encoder's frame) each
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +118,70 @@ class Event:
             else [{int(k): float(v) for k, v in lp.items()} for lp in logprobs],
             payload=data.get("payload"),
         )
+
+
+@dataclass(frozen=True, slots=True)
+class AudioChunk:
+    """A piece of one audio stream: 16 kHz mono PCM, int16 little-endian."""
+
+    stream_id: str
+    index: int  # 0, 1, 2, ... in order; index 0 opens the stream
+    pcm16: bytes
+    final: bool = False  # the stream's last chunk: answer with a "final" event, then close it
+
+    def __post_init__(self) -> None:
+        if self.index < 0:
+            raise ValueError(f"stream {self.stream_id!r}: chunk index {self.index} is negative")
+        if len(self.pcm16) % 2:
+            raise ValueError(
+                f"stream {self.stream_id!r} chunk {self.index}: {len(self.pcm16)} bytes is not a "
+                "whole number of int16 samples"
+            )
+        if (len(self.pcm16) // 2) % AUDIO_FRAME_SAMPLES:
+            raise ValueError(
+                f"stream {self.stream_id!r} chunk {self.index}: {len(self.pcm16) // 2} samples is "
+                f"not a whole number of 20 ms frames ({AUDIO_FRAME_SAMPLES} samples); a server "
+                "buffers the remainder until the next chunk (or pads the last with silence)"
+            )
+        if not self.pcm16 and not self.final:
+            raise ValueError(
+                f"stream {self.stream_id!r} chunk {self.index}: empty; only the final chunk "
+                "may carry no audio"
+            )
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.pcm16) // 2
+
+    def samples(self) -> Any:
+        """The samples as float32 in [-1, 1) (numpy): sample / 32768, the reference's scaling."""
+        import numpy as np
+
+        return np.frombuffer(self.pcm16, dtype="<i2").astype(np.float32) / 32768.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "stream_id": self.stream_id,
+            "index": self.index,
+            "pcm16": base64.b64encode(self.pcm16).decode("ascii"),
+            "final": self.final,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> AudioChunk:
+        return cls(
+            stream_id=str(data["stream_id"]),
+            index=int(data["index"]),
+            pcm16=base64.b64decode(data["pcm16"]),
+            final=bool(data.get("final", False)),
+        )
+
+
+def transcript_event(stream_id: str, index: int, token_ids: list[int], final: bool) -> Event:
+    """The one event that answers chunk ``index`` of a stream."""
+    kind = "final" if final else "partial"
+    payload = {"type": kind, "chunk": index}
+    return Event(stream_id, list(token_ids), finished=final, payload=payload)
 
 
 @runtime_checkable

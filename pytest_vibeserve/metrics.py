@@ -38,6 +38,12 @@ METRICS: dict[str, tuple[str, bool]] = {
     "goodput_req_per_s": ("req/s", True),
     "forced_fraction": ("fraction", True),
     "mask_ms_per_token": ("ms", False),
+    # audio streams: chunk sent -> its transcript event arrived
+    "chunk_latency_ms_p50": ("ms", False),
+    "chunk_latency_ms_p90": ("ms", False),
+    "chunk_latency_ms_p99": ("ms", False),
+    "real_time_factor": ("x", False),
+    "realtime_streams": ("streams", True),
 }
 
 # The engine counter (optional) of prompt tokens served from a prefix cache instead of computed,
@@ -160,6 +166,18 @@ class RunMetrics:
     # per output token, from FORCED_COUNTER and MASK_MS_COUNTER (NaN: not reported)
     forced_fraction: float = math.nan
     mask_ms_per_token: float = math.nan
+    # audio streams (NaN for text runs): per-chunk latency, chunk sent -> its event arrived
+    chunk_latency_ms_p50: float = math.nan
+    chunk_latency_ms_p90: float = math.nan
+    chunk_latency_ms_p99: float = math.nan
+    chunk_latency_ms_mean: float = math.nan
+    audio_s: float = 0.0  # seconds of audio sent, all streams
+    # wall time over the time the last chunk was sent (at real-time pace: when the last audio
+    # ended): 1.0 = the last transcript came at once; 1.1 = 10% of the stream's length later
+    real_time_factor: float = math.nan
+    # seconds of audio transcribed per second of wall time: the number of real-time streams the
+    # engine kept pace with (meaningful in an accelerated run, pace 0)
+    realtime_streams: float = math.nan
 
     def get(self, name: str) -> float:
         if name not in METRICS:
@@ -227,7 +245,33 @@ def compute_metrics(run: RunResult, slo: Slo | None = None) -> RunMetrics:
         goodput_req_per_s=good / wall if slo is not None else math.nan,
         forced_fraction=_per_output_token(run, FORCED_COUNTER, output_tokens),
         mask_ms_per_token=_per_output_token(run, MASK_MS_COUNTER, output_tokens),
+        **_audio_metrics(run),
     )
+
+
+def _audio_metrics(run: RunResult) -> dict[str, float]:
+    latencies = [p.latency_s for record in run.records.values() for p in record.partials]
+    if not latencies:
+        return {}
+    from pytest_vibeserve.contract import AUDIO_SAMPLE_RATE
+
+    audio_s = sum(record.audio_samples for record in run.records.values()) / AUDIO_SAMPLE_RATE
+    # the latest moment a stream's last chunk went out: at real-time pace, when its audio ended
+    span = max(
+        record.partials[-1].sent_at - run.started_at
+        for record in run.records.values()
+        if record.partials
+    )
+    wall = max(run.wall_s, 1e-9)
+    return {
+        "chunk_latency_ms_p50": percentile(latencies, 50) * 1000,
+        "chunk_latency_ms_p90": percentile(latencies, 90) * 1000,
+        "chunk_latency_ms_p99": percentile(latencies, 99) * 1000,
+        "chunk_latency_ms_mean": sum(latencies) / len(latencies) * 1000,
+        "audio_s": audio_s,
+        "real_time_factor": wall / span if span > 0 else math.nan,
+        "realtime_streams": audio_s / wall,
+    }
 
 
 def _per_output_token(run: RunResult, counter: str, output_tokens: int) -> float:

@@ -232,6 +232,56 @@ class Checks:
 
         return self.record(check_word_overlap(expected, actual, **kwargs))
 
+    def transcripts(
+        self, workload: Workload, run: RunResult, *, tie_tolerance: float | None = None
+    ):
+        """Audio streams: every chunk's transcript equals the reference's (tie-aware tokens).
+
+        At a scale listed in the scenario's ``[correctness] word_overlap_scales`` (a trained
+        checkpoint, where approximation is legitimate) the gate is instead the paper's: the
+        Jaccard overlap of normalised word sets >= ``min_word_overlap`` (0.7) for every chunk.
+        """
+        from pytest_vibeserve.checkers.transcripts import check_transcripts
+        from pytest_vibeserve.workload import partial_key
+
+        if not workload.streams:
+            raise ValueError(f"workload {workload.name!r} has no audio streams to check")
+        correctness = self._context.scenario.correctness
+        expected = {
+            s.stream_id: [
+                workload.expected[partial_key(s.stream_id, k)] for k in range(s.num_chunks)
+            ]
+            for s in workload.streams
+        }
+        actual = {
+            sid: [list(p.token_ids) for p in record.partials] for sid, record in run.records.items()
+        }
+        if self._context.scale.name in correctness.get("word_overlap_scales", ()):
+            from pytest_vibeserve.checkers.words import check_word_overlap
+
+            tokenizer = self._context.memo("tokenizer", self._context.load_tokenizer)
+
+            def text(tokens: list[int]) -> str:
+                return tokenizer.decode(tokens, skip_special_tokens=True)
+
+            want = {
+                partial_key(sid, k): text(out.tokens)
+                for sid, outs in expected.items()
+                for k, out in enumerate(outs)
+            }
+            got = {
+                partial_key(sid, k): text(t) for sid, ts in actual.items() for k, t in enumerate(ts)
+            }
+            minimum = float(correctness.get("min_word_overlap", 0.7))
+            return self.record(
+                check_word_overlap(want, got, min_overlap=minimum, measure="jaccard")
+            )
+        tolerance = tie_tolerance
+        if tolerance is None:
+            tolerance = float(correctness.get("tie_tolerance", 1e-3))
+        expected_tokens = {sid: [out.expected for out in outs] for sid, outs in expected.items()}
+        return self.record(check_transcripts(expected_tokens, actual, tie_tolerance=tolerance))
+
     def forward_counters(self, run: RunResult) -> CheckResult:
         """Integrity: the engine ran its model (a non-zero forward count it reports)."""
         if self._context is not None and self._context.is_endpoint(run.engine):

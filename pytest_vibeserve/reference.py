@@ -7,6 +7,7 @@ determines the output (prompt, length, stop tokens, top-k). Engine workers are n
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -17,6 +18,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pytest_vibeserve.checkers.tokens import ExpectedTokens
 from pytest_vibeserve.contract import Request
@@ -100,6 +102,7 @@ class Reference:
         if batch < 1:
             raise ValueError(f"reference batch must be >= 1, got {batch}")
         self.model_dir = Path(model_dir)
+        self.cache_dir = Path(cache_dir)
         self.device = device
         self.dtype = dtype
         self.threads = threads
@@ -150,6 +153,93 @@ class Reference:
                 top_logprobs=[{int(k): v for k, v in lp.items()} for lp in data["top_logprobs"]],
             )
         return outputs
+
+    def transcribe(
+        self, streams: Sequence[Any], *, max_tokens_per_second: float
+    ) -> dict[str, list[ReferenceOutput]]:
+        """Every chunk's reference transcript of each audio stream (``AudioStream``): HF greedy
+        on all the stream's audio up to that chunk's end, with attention_mask. Cached per stream
+        under a key of the model, the audio bytes, the chunking and the token cap."""
+        keys = {}
+        for stream in streams:
+            material = json.dumps(
+                [
+                    self.fingerprint,
+                    self.dtype,
+                    hashlib.sha256(stream.pcm16).hexdigest(),
+                    stream.chunk_samples,
+                    max_tokens_per_second,
+                    "asr-partials-1",
+                ]
+            )
+            keys[stream.stream_id] = hashlib.sha256(material.encode()).hexdigest()[:32]
+        missing = [
+            s for s in streams if not (self.outputs_dir / f"{keys[s.stream_id]}.json").exists()
+        ]
+        if missing:
+            started = time.perf_counter()
+            try:
+                self._compute_streams(missing, keys, max_tokens_per_second)
+            finally:
+                self.computed_seconds += time.perf_counter() - started
+        outputs = {}
+        for stream in streams:
+            data = json.loads((self.outputs_dir / f"{keys[stream.stream_id]}.json").read_text())
+            outputs[stream.stream_id] = [
+                ReferenceOutput(tokens=p["tokens"], margins=p["margins"], top_logprobs=[])
+                for p in data
+            ]
+        return outputs
+
+    def _compute_streams(
+        self, streams: Sequence[Any], keys: dict[str, str], per_second: float
+    ) -> None:
+        with tempfile.TemporaryDirectory(prefix="vibeserve-ref-") as tmp:
+            streams_file = Path(tmp) / "streams.json"
+            out_file = Path(tmp) / "out.json"
+            streams_file.write_text(
+                json.dumps(
+                    [
+                        {
+                            "id": s.stream_id,
+                            "pcm16": base64.b64encode(s.pcm16).decode("ascii"),
+                            "chunk_samples": s.chunk_samples,
+                            "max_tokens_per_second": per_second,
+                        }
+                        for s in streams
+                    ]
+                )
+            )
+            command = [sys.executable, "-m", "reference_impls.asr", "--model", str(self.model_dir)]
+            command += ["--streams", str(streams_file), "--out", str(out_file)]
+            command += ["--threads", str(self.threads), "--device", self.device]
+            try:
+                self._run_reference(command, Path(tmp) / "reference.log")
+            finally:
+                if out_file.exists():  # keep every stream it finished, even from a failed run
+                    results = json.loads(out_file.read_text())
+                    for stream in streams:
+                        if stream.stream_id in results:
+                            target = self.outputs_dir / f"{keys[stream.stream_id]}.json"
+                            partial = target.with_suffix(".tmp")
+                            partial.write_text(json.dumps(results[stream.stream_id]))
+                            partial.replace(target)
+
+    def _run_reference(self, command: list[str], log_file: Path) -> None:
+        env = {**os.environ, "OMP_NUM_THREADS": str(self.threads), "HF_HUB_OFFLINE": "1"}
+        with log_file.open("wb") as log:
+            process = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, cwd=_project_root(), env=env
+            )
+            try:
+                code = process.wait()
+            finally:
+                if process.poll() is None:  # interrupted (Ctrl-C): stop it
+                    process.kill()
+                    process.wait()
+        if code != 0:
+            tail = log_file.read_text(errors="replace").strip()[-3000:]
+            raise ReferenceError(f"the reference run failed ({code}):\n{tail}")
 
     def _compute(self, requests: Sequence[Request], keys: dict[str, str], top_k: int) -> None:
         with tempfile.TemporaryDirectory(prefix="vibeserve-ref-") as tmp:

@@ -275,6 +275,16 @@ def format_table(record: PerformanceRecord) -> list[str]:
         if not math.isnan(row.get("forced_fraction", math.nan))
         for mask in [row.get("mask_ms_per_token", math.nan)]
     ]
+    audio = [
+        f"{row['engine']} p50 {row['chunk_latency_ms_p50']:.0f} / p90 "
+        f"{row['chunk_latency_ms_p90']:.0f} / p99 {row['chunk_latency_ms_p99']:.0f} ms, "
+        f"real-time factor {row['real_time_factor']:.2f}, {row['realtime_streams']:.2f} "
+        "real-time streams"
+        for row in table_rows(record)
+        if not math.isnan(row.get("chunk_latency_ms_p50", math.nan))
+    ]
+    if audio:  # audio streams: chunk sent -> its transcript arrived
+        lines.append("chunk latency: " + "; ".join(audio))
     if grammar:  # constrained decoding: what the engines report of their grammar work
         lines.append("grammar (engine-reported, per output token): " + "; ".join(grammar))
     if record.slo is not None:

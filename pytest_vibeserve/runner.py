@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_vibeserve.channel import Channel, ChannelClosed
-from pytest_vibeserve.contract import FORWARD_COUNTER, EngineSpec, Event, Request
+from pytest_vibeserve.contract import FORWARD_COUNTER, AudioChunk, EngineSpec, Event, Request
 from pytest_vibeserve.profiling import EngineProfile
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -48,6 +48,21 @@ class Limits:
     memory_bytes: int | None = 16 << 30  # resident set size of the worker
 
 
+@dataclass(frozen=True, slots=True)
+class PartialRecord:
+    """The answer to one audio chunk, stamped by the parent."""
+
+    chunk: int
+    kind: str  # "partial" or "final"
+    token_ids: tuple[int, ...]
+    sent_at: float  # when the chunk was sent, perf_counter s
+    arrived_at: float  # when its answer arrived
+
+    @property
+    def latency_s(self) -> float:
+        return self.arrived_at - self.sent_at
+
+
 @dataclass(slots=True)
 class RequestRecord:
     request_id: str
@@ -58,6 +73,8 @@ class RequestRecord:
     logprobs: list[dict[int, float]] | None = None
     payloads: list[dict[str, Any]] = field(default_factory=list)
     finished_at: float | None = None
+    partials: list[PartialRecord] = field(default_factory=list)  # audio streams: one per chunk
+    audio_samples: int = 0  # audio streams: samples sent
 
 
 @dataclass(slots=True)
@@ -304,12 +321,131 @@ class EngineProcess:
             data["response_format"] = None
         return data
 
+    def run_streams(self, streams: Sequence[Any], *, pace: float = 1.0) -> RunResult:
+        """Push audio streams chunk by chunk; every chunk must be answered by one event.
+
+        ``streams``: objects with ``stream_id``, ``chunks()`` (the ``AudioChunk`` list, the last
+        one final), ``chunk_seconds`` and ``start_offset_s``. ``pace`` 1 sends each chunk when
+        its audio has been recorded (real time: chunk k at offset + (k + 1) chunk durations), 2
+        twice as fast, and 0 sends a stream's first chunk at once and each next one as soon as
+        the previous one is answered (as fast as the engine goes).
+        """
+        if self._failure is not None:
+            raise self._failure
+        if pace < 0:
+            raise ValueError(f"pace must be >= 0 (0: as fast as answers come), got {pace}")
+        ids = [s.stream_id for s in streams]
+        if len(set(ids)) != len(ids):
+            raise ValueError("stream ids in one run must be unique")
+        chunks = {s.stream_id: list(s.chunks()) for s in streams}
+        for sid, items in chunks.items():
+            if not items or not items[-1].final or any(c.final for c in items[:-1]):
+                raise ValueError(f"stream {sid!r}: its chunks must end with exactly one final")
+        counters_before = self.counters()
+        forwards_before = counters_before.get(FORWARD_COUNTER)
+        started = self.clock()
+        offsets = {s.stream_id: float(s.start_offset_s) for s in streams}
+        interval = {s.stream_id: s.chunk_seconds / pace if pace else 0.0 for s in streams}
+        # a chunk is sent once its audio is recorded: chunk k at offset + (k + 1) intervals
+        due = {sid: started + offsets[sid] + interval[sid] for sid in ids}
+        next_index = dict.fromkeys(ids, 0)
+        awaiting: dict[str, list[tuple[AudioChunk, float]]] = {sid: [] for sid in ids}
+        records: dict[str, RequestRecord] = {}
+        last_progress = started
+        self.peak_rss_bytes = 0
+        while any(r.finished_at is None for r in records.values()) or len(records) < len(ids):
+            now = self.clock()
+            for sid in ids:
+                index = next_index[sid]
+                if index >= len(chunks[sid]) or due[sid] > now:
+                    continue
+                if not pace and awaiting[sid]:  # closed loop: wait for the previous answer
+                    continue
+                chunk = chunks[sid][index]
+                if not any(awaiting.values()):  # the silence watch starts with the first wait
+                    last_progress = self.clock()
+                sent = self.clock()
+                record = records.setdefault(sid, RequestRecord(sid, 0, sent))
+                record.audio_samples += chunk.num_samples
+                self._send({"op": "audio", "chunk": chunk.to_dict()})
+                awaiting[sid].append((chunk, sent))
+                next_index[sid] = index + 1
+                due[sid] = started + offsets[sid] + (index + 2) * interval[sid]
+            pending = [due[sid] for sid in ids if next_index[sid] < len(chunks[sid])]
+            timeout = 0.05
+            if pending and pace:
+                timeout = min(timeout, max(0.0, min(pending) - self.clock()))
+            messages = self._receive(timeout)
+            arrived = self.clock()
+            for message in messages:
+                if message.get("type") != "events":
+                    raise self._fail("protocol", f"unexpected message during a run: {message!r}")
+                for raw in message.get("events", []):
+                    self._record_partial(self._parse_event(raw), records, awaiting, arrived)
+                last_progress = arrived
+            self._watch({sid for sid in ids if awaiting[sid]}, last_progress)
+        ended = self.clock()
+        counters = self.counters()
+        forwards_after = counters.get(FORWARD_COUNTER)
+        forwards = None
+        if forwards_before is not None and forwards_after is not None:
+            forwards = forwards_after - forwards_before
+        return RunResult(
+            self.name, records, started, ended, self.peak_rss_bytes, counters, forwards,
+            counters_before,
+        )  # fmt: skip
+
+    def _record_partial(
+        self,
+        event: Event,
+        records: dict[str, RequestRecord],
+        awaiting: dict[str, list[tuple[AudioChunk, float]]],
+        arrived: float,
+    ) -> None:
+        sid = event.request_id
+        if sid not in awaiting:
+            raise self._fail("protocol", f"event for unknown stream {sid!r}: {event}")
+        if not awaiting[sid]:
+            raise self._fail(
+                "protocol", f"stream {sid!r}: an event with no chunk awaiting an answer: {event}"
+            )
+        chunk, sent = awaiting[sid][0]
+        payload = event.payload or {}
+        kind = "final" if chunk.final else "partial"
+        if payload.get("type") != kind or payload.get("chunk") != chunk.index:
+            raise self._fail(
+                "protocol",
+                f"stream {sid!r}: chunk {chunk.index} awaits one event with payload "
+                f"{{'type': {kind!r}, 'chunk': {chunk.index}}} (chunks are answered in order, "
+                f"one event each), got payload {event.payload!r}",
+            )
+        if event.finished != chunk.final:
+            raise self._fail(
+                "protocol",
+                f"stream {sid!r} chunk {chunk.index}: finished={event.finished}, but only the "
+                "final chunk's event finishes the stream",
+            )
+        awaiting[sid].pop(0)
+        record = records[sid]
+        record.partials.append(
+            PartialRecord(chunk.index, kind, tuple(event.token_ids), sent, arrived)
+        )
+        if chunk.final:
+            record.token_ids = list(event.token_ids)
+            record.finished_at = arrived
+
     # -- incremental driving (a server in front of the engine) -------------------------------
     def submit(self, request: Request) -> None:
         """Queue one request now; its events come back through ``poll``."""
         if self._failure is not None:
             raise self._failure
         self._send({"op": "add", "request": self._wire(request)})
+
+    def submit_audio(self, chunk: AudioChunk) -> None:
+        """Queue one audio chunk now; the event answering it comes back through ``poll``."""
+        if self._failure is not None:
+            raise self._failure
+        self._send({"op": "audio", "chunk": chunk.to_dict()})
 
     def poll(self, timeout: float) -> list[Event]:
         """The events that arrived within ``timeout`` seconds (possibly none), unchecked against

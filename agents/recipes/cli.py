@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agents.recipes.asr_engine import AsrFeatures
 from agents.recipes.engines import Features, load_features, write_engine
 from agents.recipes.greedy_engine import EngineFeatures, FeatureError
 from agents.recipes.hybrid_engine import HybridFeatures
@@ -27,6 +28,7 @@ ENGINE_KINDS = {
     HybridFeatures: 'a hybrid_ssm engine ("family": "hybrid" in engine_features.json)',
     ServingFeatures: 'a standard engine ("family": "serving" in engine_features.json)',
     JsonFeatures: 'a json_decoding engine ("family": "json" in engine_features.json)',
+    AsrFeatures: 'a streaming_asr engine ("family": "asr" in engine_features.json)',
 }
 
 

@@ -2,8 +2,9 @@
 
 No file, or a file without ``family``, is a predicted_outputs engine (``greedy_engine``, whose
 starter has no features file); ``"family": "hybrid"`` is a hybrid_ssm engine (``hybrid_engine``),
-``"family": "serving"`` a standard one (``serving_engine``) and ``"family": "json"`` a
-json_decoding one (``json_engine``); their starters ship the file.
+``"family": "serving"`` a standard one (``serving_engine``), ``"family": "json"`` a
+json_decoding one (``json_engine``) and ``"family": "asr"`` a streaming_asr one (``asr_engine``);
+their starters ship the file.
 Recipes load, change and write features through here.
 """
 
@@ -12,7 +13,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from agents.recipes import greedy_engine, hybrid_engine, json_engine, serving_engine
+from agents.recipes import asr_engine, greedy_engine, hybrid_engine, json_engine, serving_engine
 from agents.recipes.greedy_engine import ENGINE_FILE, FEATURES_FILE, FeatureError
 
 Features = (
@@ -20,11 +21,13 @@ Features = (
     | hybrid_engine.HybridFeatures
     | serving_engine.ServingFeatures
     | json_engine.JsonFeatures
+    | asr_engine.AsrFeatures
 )
 FAMILIES = {
     hybrid_engine.FAMILY: hybrid_engine.HybridFeatures,
     serving_engine.FAMILY: serving_engine.ServingFeatures,
     json_engine.FAMILY: json_engine.JsonFeatures,
+    asr_engine.FAMILY: asr_engine.AsrFeatures,
 }
 
 
@@ -58,6 +61,8 @@ def render_engine(features: Features) -> str:
         return serving_engine.render_engine(features)
     if isinstance(features, json_engine.JsonFeatures):
         return json_engine.render_engine(features)
+    if isinstance(features, asr_engine.AsrFeatures):
+        return asr_engine.render_engine(features)
     return greedy_engine.render_engine(features)
 
 

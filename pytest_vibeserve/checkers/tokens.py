@@ -81,7 +81,7 @@ def check_token_equality(
                 )
             )
             continue
-        outcome = _compare_one(request_id, reference, actual_tokens[request_id], tie_tolerance)
+        outcome = compare_tokens(request_id, reference, actual_tokens[request_id], tie_tolerance)
         compared += outcome.compared
         if outcome.min_margin is not None:
             min_margin = (
@@ -120,7 +120,7 @@ class _Outcome:
     tie: dict[str, Any] | None
 
 
-def _compare_one(
+def compare_tokens(
     request_id: str, reference: ExpectedTokens, got: list[int], tie_tolerance: float
 ) -> _Outcome:
     want = reference.tokens

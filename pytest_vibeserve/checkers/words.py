@@ -1,7 +1,9 @@
 """Word-level overlap between a reference text and an engine's text.
 
-Overlap is the number of words in difflib's matching blocks over the longer word list, so it is 1.0
-only for identical normalised texts and drops with every inserted, deleted or changed word.
+Overlap (``measure="matched"``) is the number of words in difflib's matching blocks over the longer
+word list, so it is 1.0 only for identical normalised texts and drops with every inserted, deleted
+or changed word. ``measure="jaccard"`` is the paper's transcript gate: the Jaccard index of the two
+normalised word *sets* (order and repeats ignored).
 """
 
 from __future__ import annotations
@@ -30,11 +32,23 @@ def word_overlap(a: str, b: str) -> float:
     return _overlap(normalise_words(a), normalise_words(b))
 
 
+def word_jaccard(a: str, b: str) -> float:
+    """|A & B| / |A | B| over the normalised word sets; two texts without words give 1.0."""
+    left, right = set(normalise_words(a)), set(normalise_words(b))
+    return len(left & right) / len(left | right) if left | right else 1.0
+
+
 def check_word_overlap(
-    expected: Mapping[str, str], actual: Mapping[str, str], *, min_overlap: float = 0.7
+    expected: Mapping[str, str],
+    actual: Mapping[str, str],
+    *,
+    min_overlap: float = 0.7,
+    measure: str = "matched",
 ) -> CheckResult:
     """Every actual text must reach ``min_overlap`` word overlap with its reference."""
     check_fraction("min_overlap", min_overlap)
+    if measure not in ("matched", "jaccard"):
+        raise ValueError(f"measure={measure!r}: use 'matched' (difflib blocks) or 'jaccard'")
     for label, texts in (("expected", expected), ("actual", actual)):
         for request_id, text in texts.items():
             if not isinstance(text, str):
@@ -56,7 +70,10 @@ def check_word_overlap(
             )
             continue
         ref_words, hyp_words = normalise_words(reference), normalise_words(actual[request_id])
-        overlap = _overlap(ref_words, hyp_words)
+        if measure == "jaccard":
+            overlap = word_jaccard(reference, actual[request_id])
+        else:
+            overlap = _overlap(ref_words, hyp_words)
         overlaps[request_id] = overlap
         if overlap < min_overlap:
             failures.append(_low_overlap(request_id, ref_words, hyp_words, overlap, min_overlap))
@@ -74,6 +91,7 @@ def check_word_overlap(
         "lowest_overlap": lowest,
         "mean_overlap": mean,
         "min_overlap": min_overlap,
+        "measure": measure,
     }
     return build_result(NAME, head, failures, stats)
 
