@@ -45,6 +45,13 @@ GRAMMAR_MASK_MIN_SHARE = 0.05
 LOOKUP_USED_SHARE = 0.75
 # Peak memory this much above the engine measured beside the candidate (and by this many MiB)
 # is worth bounding.
+# audio streams: a run this far behind real time queues chunks; engine counters above this many
+# computations per 20 ms frame of audio mean work redone per chunk; shares of a transcript's cost
+AUDIO_BEHIND_RTF = 1.1
+AUDIO_RECOMPUTE_MIN = 1.5
+AUDIO_TAIL_RATIO = 3.0
+ENCODER_SHARE = 0.15
+CROSS_KV_SHARE = 0.05
 PEAK_MEMORY_RATIO = 1.25
 PEAK_MEMORY_MIN_MIB = 256
 
@@ -147,6 +154,8 @@ def derive_hints(report: dict[str, Any], profile: dict[str, Any] | None = None) 
     performance = report["performance"]
     candidate = _row(report, "candidate")
     stats = performance.get("workload_stats", {})
+    if not math.isnan(_number(candidate.get("chunk_latency_ms_p50"))):
+        return sorted(audio_hints(candidate, stats), key=lambda h: h.estimated_gain, reverse=True)
     hints = []
     per_forward = _number(candidate.get("tokens_per_forward"))
     acceptable = _number(stats.get("accepted_per_16_median"))
@@ -211,6 +220,66 @@ def derive_hints(report: dict[str, Any], profile: dict[str, Any] | None = None) 
     if profile is not None:
         hints += profile_hints(profile)
     return sorted(hints, key=lambda hint: hint.estimated_gain, reverse=True)
+
+
+def audio_hints(candidate: dict[str, Any], stats: dict[str, Any]) -> list[Hint]:
+    """Audio streams, from what the engine reports (encoder frames, cross-attention frames,
+    decode rows per forward) and the run's real-time factor. The shares of a transcript's cost
+    below are the cpu scale's (asr-cpu, 20 s streams): decoding ~80%, re-encoding ~15%, the
+    cross-attention projections ~5%."""
+    hints = []
+    streams = int(_number(stats.get("streams")) or 1)
+    behind = _number(candidate.get("real_time_factor"))
+    rows = _number(candidate.get("decode_rows_per_step"))
+    if streams > 1 and rows < 1.2:
+        queued = behind > AUDIO_BEHIND_RTF
+        gain = math.sqrt(min(streams, BATCH_DECODE_SPEEDUP)) if queued else 1.05
+        state = (
+            f"behind real time (real-time factor {behind:.2f}): chunks of several streams wait "
+            "together"
+            if queued
+            else f"keeping pace (real-time factor {behind:.2f}): chunks rarely wait together"
+        )
+        hints.append(
+            Hint(
+                "serial-decode",
+                gain,
+                f"{streams} streams, {rows:.2f} token rows per decoder forward; {state}",
+            )
+        )
+    encoder = _number(candidate.get("encoder_frames_per_audio_frame"))
+    if encoder > AUDIO_RECOMPUTE_MIN:
+        hints.append(
+            Hint(
+                "encoder-recompute",
+                1 / (1 - ENCODER_SHARE * (1 - 1 / encoder)),
+                f"the encoder ran {encoder:.1f} frames per 20 ms frame of audio: every chunk "
+                "re-encodes the stream from its start",
+            )
+        )
+    cross = _number(candidate.get("cross_kv_frames_per_audio_frame"))
+    if cross > AUDIO_RECOMPUTE_MIN:
+        hints.append(
+            Hint(
+                "cross-kv-recompute",
+                1 / (1 - CROSS_KV_SHARE * (1 - 1 / cross)),
+                f"cross-attention keys/values projected for {cross:.1f} frames per frame of "
+                "audio: every transcript projects all its frames again",
+            )
+        )
+    p50, p99 = (
+        _number(candidate.get("chunk_latency_ms_p50")),
+        _number(candidate.get("chunk_latency_ms_p99")),
+    )
+    if p50 > 0 and p99 > AUDIO_TAIL_RATIO * p50 and behind <= AUDIO_BEHIND_RTF:
+        hints.append(
+            Hint(
+                "thread-contention",
+                1.05,
+                f"chunk latency p99 {p99:.0f} ms is {p99 / p50:.1f}x its p50 while keeping pace",
+            )
+        )
+    return hints
 
 
 def grammar_hints(candidate: dict[str, Any], stats: dict[str, Any] | None = None) -> list[Hint]:

@@ -53,6 +53,12 @@ PREFIX_HIT_COUNTER = "prefix_cache_hit_tokens"
 # engine may append without a model call of their own, and milliseconds spent computing masks.
 FORCED_COUNTER = "grammar_forced_tokens"
 MASK_MS_COUNTER = "grammar_mask_ms"
+# Streaming speech recognition (optional, engine-reported): 20 ms frames run through the encoder,
+# frames whose cross-attention keys/values were projected, token rows decoded, decoder forwards.
+ENCODER_FRAMES_COUNTER = "encoder_frames"
+CROSS_KV_FRAMES_COUNTER = "cross_kv_frames"
+DECODER_ROWS_COUNTER = "decoder_rows"
+DECODER_STEPS_COUNTER = "decoder_steps"
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,6 +184,13 @@ class RunMetrics:
     # seconds of audio transcribed per second of wall time: the number of real-time streams the
     # engine kept pace with (meaningful in an accelerated run, pace 0)
     realtime_streams: float = math.nan
+    # engine-reported (ENCODER_FRAMES_COUNTER ...; NaN: not reported), for hints only: encoder
+    # frames computed, and cross-attention keys/values projected, per 20 ms frame of audio sent
+    # (1 = each once; re-encoding all audio per chunk grows with the stream), token rows per
+    # decoder forward (1 = one transcript at a time)
+    encoder_frames_per_audio_frame: float = math.nan
+    cross_kv_frames_per_audio_frame: float = math.nan
+    decode_rows_per_step: float = math.nan
 
     def get(self, name: str) -> float:
         if name not in METRICS:
@@ -263,7 +276,20 @@ def _audio_metrics(run: RunResult) -> dict[str, float]:
         if record.partials
     )
     wall = max(run.wall_s, 1e-9)
+    from pytest_vibeserve.contract import AUDIO_FRAME_SAMPLES
+
+    frames = sum(record.audio_samples for record in run.records.values()) / AUDIO_FRAME_SAMPLES
+
+    def ratio(counter: str, per: float | None) -> float:
+        grown = run.counter_delta(counter)
+        return grown / per if grown is not None and per else math.nan
+
     return {
+        "encoder_frames_per_audio_frame": ratio(ENCODER_FRAMES_COUNTER, frames),
+        "cross_kv_frames_per_audio_frame": ratio(CROSS_KV_FRAMES_COUNTER, frames),
+        "decode_rows_per_step": ratio(
+            DECODER_ROWS_COUNTER, run.counter_delta(DECODER_STEPS_COUNTER)
+        ),
         "chunk_latency_ms_p50": percentile(latencies, 50) * 1000,
         "chunk_latency_ms_p90": percentile(latencies, 90) * 1000,
         "chunk_latency_ms_p99": percentile(latencies, 99) * 1000,

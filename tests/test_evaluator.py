@@ -202,3 +202,44 @@ def test_drafting_near_the_simulated_lookup_or_a_workload_without_it_gives_no_ec
     no_echo["performance"]["workload_stats"]["lookup_tokens_per_forward"] = 1.0
     for report in (drafting, no_stat, no_echo):
         assert "prompt-echo" not in {h.keyword for h in derive_hints(report)}
+
+
+def audio_report(*, rtf: float, rows: float, encoder: float, cross: float, p99: float = 300.0):
+    row = {
+        "engine": "candidate",
+        "chunk_latency_ms_p50": 200.0,
+        "chunk_latency_ms_p99": p99,
+        "real_time_factor": rtf,
+        "decode_rows_per_step": rows,
+        "encoder_frames_per_audio_frame": encoder,
+        "cross_kv_frames_per_audio_frame": cross,
+        # text figures an audio run also has: they must not raise text hints
+        "tokens_per_forward": 0.5,
+        "roofline_pct": 3.0,
+        "ttft_p50_ms": math.nan,
+        "e2e_p50_ms": 9000.0,
+    }
+    return {
+        "performance": {"table": [row], "workload_stats": {"streams": 8}},
+        "roofline": {"roofline_tok_per_s": 57.0},
+    }
+
+
+def test_audio_hints_read_the_engine_counters_not_the_text_figures():
+    hints = derive_hints(audio_report(rtf=3.0, rows=1.0, encoder=5.5, cross=5.5))
+    keywords = [h.keyword for h in hints]
+    # behind real time with one row per forward: batching first, then the recomputations
+    assert keywords == ["serial-decode", "encoder-recompute", "cross-kv-recompute"]
+    assert "8 streams, 1.00 token rows per decoder forward" in hints[0].evidence
+    assert "behind real time (real-time factor 3.00)" in hints[0].evidence
+    assert hints[0].estimated_gain == pytest.approx(2.0)
+    assert "5.5 frames per 20 ms frame" in hints[1].evidence
+
+
+def test_audio_hints_vanish_once_fixed_and_batching_waits_for_a_queue():
+    assert derive_hints(audio_report(rtf=3.0, rows=4.0, encoder=1.0, cross=1.1)) == []
+    keeping_pace = derive_hints(audio_report(rtf=1.02, rows=1.0, encoder=1.0, cross=1.0))
+    assert [h.keyword for h in keeping_pace] == ["serial-decode"]
+    assert keeping_pace[0].estimated_gain < 1.1
+    noisy = derive_hints(audio_report(rtf=1.02, rows=4.0, encoder=1.0, cross=1.0, p99=900.0))
+    assert [h.keyword for h in noisy] == ["thread-contention"]

@@ -8,6 +8,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo root, for agents.recipes
 
+from agents.recipes.asr_engine import AsrFeatures
 from agents.recipes.cli import Change, Param, main_for
 from agents.recipes.greedy_engine import EngineFeatures
 from agents.recipes.json_engine import JsonFeatures
@@ -16,7 +17,9 @@ from agents.recipes.serving_engine import ServingFeatures
 PARAMS = [Param("threads", 1, minimum=1)]
 
 
-def apply(features: EngineFeatures | ServingFeatures | JsonFeatures, params: dict) -> Change:
+def apply(
+    features: EngineFeatures | ServingFeatures | JsonFeatures | AsrFeatures, params: dict
+) -> Change:
     threads = params["threads"]
     return Change(
         features.replace(threads=threads),
@@ -32,5 +35,5 @@ if __name__ == "__main__":
         "thread-blas-tuning",
         PARAMS,
         apply,
-        families=(EngineFeatures, ServingFeatures, JsonFeatures),
+        families=(EngineFeatures, ServingFeatures, JsonFeatures, AsrFeatures),
     )
