@@ -1,5 +1,6 @@
 """The ``vibeserve`` command: ``vibeserve serve ENGINE_DIR`` puts an OpenAI-compatible server in
-front of an engine directory.
+front of an engine directory (text completions, or for a speech engine and model audio streamed
+over the WebSocket /v1/audio/stream and files posted to /v1/audio/transcriptions).
 
 Each subcommand is a function that adds its parser and sets its ``handler`` there;
 ``SUBCOMMANDS`` lists them, so a new subcommand is one more function in it. A handler reports bad
@@ -56,7 +57,10 @@ def add_serve_parser(subparsers: argparse._SubParsersAction) -> None:
         "serve",
         help="serve an engine directory behind an OpenAI-compatible HTTP API",
         description="Serve ENGINE_DIR (engine.py with create_engine) at /v1/completions, "
-        "/v1/chat/completions, /v1/models and /health. Stop it with Ctrl-C or SIGTERM.",
+        "/v1/chat/completions, /v1/models and /health; a speech engine and model (e.g. "
+        "scenarios/streaming_asr/starter with --scale asr-tiny) at the WebSocket "
+        "/v1/audio/stream (PCM16 16 kHz mono in, one transcript per chunk out) and "
+        "/v1/audio/transcriptions (a WAV file). Stop it with Ctrl-C or SIGTERM.",
     )
     parser.add_argument("engine_dir", metavar="ENGINE_DIR", type=Path, help="the engine to serve")
     model = parser.add_mutually_exclusive_group()
@@ -70,8 +74,8 @@ def add_serve_parser(subparsers: argparse._SubParsersAction) -> None:
     model.add_argument(
         "--scale",
         metavar="NAME",
-        help="a model vibeserve builds into the cache: tiny, cpu, hybrid-tiny or hybrid-cpu. "
-        f"Default: {DEFAULT_SCALE}.",
+        help="a model vibeserve builds into the cache: tiny, cpu, hybrid-tiny, hybrid-cpu, "
+        f"asr-tiny or asr-cpu (speech). Default: {DEFAULT_SCALE}.",
     )
     parser.add_argument(
         "--cache",

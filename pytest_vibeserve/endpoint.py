@@ -15,10 +15,19 @@ What fails a run, each with a precise reason: an unreachable server, a model it 
 an HTTP error, a stream that stops sending for the step timeout (a hang), a stream that ends
 without a finish_reason, more tokens than ``max_tokens``, ``finish_reason: length`` before
 ``max_tokens`` tokens, and a token count that disagrees with the server's own ``usage``.
+
+Audio streams (``run_streams``, scenario streaming_asr) go to a ``vibeserve serve`` server's
+WebSocket ``/v1/audio/stream``, one connection per stream, each chunk's PCM16 bytes as one binary
+message at the runner's schedule (the last chunk inside ``{"type": "finish", "audio": BASE64}``);
+every chunk must be answered, in order, by one ``partial`` (the last: ``final``) message carrying
+the whole transcript's ``token_ids``. A server whose ``/v1/models`` card says
+``"task": "transcription"`` is not probed with a text completion at start.
 """
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import http.client
 import json
 import os
@@ -28,15 +37,23 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
-from pytest_vibeserve.contract import Request
-from pytest_vibeserve.runner import EngineFailure, Limits, RequestRecord, RunResult
+from pytest_vibeserve.contract import AudioChunk, Request
+from pytest_vibeserve.runner import (
+    EngineFailure,
+    Limits,
+    PartialRecord,
+    RequestRecord,
+    RunResult,
+)
 
 ID_SOURCES = ("token_ids", "logprob_ids", "token_id_strings")
 LLAMA_CPP = "llama.cpp"  # its native /completion: return_tokens, tokens_predicted
 UNKNOWN_ID = -1  # a streamed position whose id the server did not send
 PROBE_PROMPT = (1, 2, 3, 4)
+AUDIO_STREAM_PATH = "/v1/audio/stream"  # vibeserve serve's WebSocket of one audio stream
+TRANSCRIPTION_TASK = "transcription"  # a /v1/models card's "task" for a speech model
 
 
 class Stream:
@@ -127,6 +144,7 @@ class EndpointEngine:
         self.load_s: float | None = None
         self.peak_rss_bytes = 0
         self.id_source: str | None = None
+        self.serves_audio = False  # the served model transcribes speech (it takes no text)
         self._failure: EngineFailure | None = None
         self._streamed = True  # whether the run in progress streams
 
@@ -181,7 +199,8 @@ class EndpointEngine:
             ) from None
         if status != 200 or not isinstance(listing, dict):
             raise self.failure("load", f"GET /v1/models answered HTTP {status}: {listing!r}")
-        served = [str(m.get("id")) for m in listing.get("data", []) if isinstance(m, dict)]
+        cards = [m for m in listing.get("data", []) if isinstance(m, dict)]
+        served = [str(m.get("id")) for m in cards]
         if self.model is None:
             if len(served) != 1:
                 raise self.failure(
@@ -196,7 +215,11 @@ class EndpointEngine:
                 f"the server does not serve model {self.model!r}; it serves "
                 f"{', '.join(served) or 'nothing'} (fix --vibeserve-endpoint-model or the server)",
             )
-        self.id_source = LLAMA_CPP if self._is_llama_cpp() else self._probe_id_source()
+        card = next(m for m in cards if str(m.get("id")) == self.model)
+        if card.get("task") == TRANSCRIPTION_TASK:  # a completion would reach a speech engine
+            self.serves_audio = True
+        else:
+            self.id_source = LLAMA_CPP if self._is_llama_cpp() else self._probe_id_source()
         self.load_s = self.clock() - started
 
     def _is_llama_cpp(self) -> bool:
@@ -308,6 +331,12 @@ class EndpointEngine:
         arrives with the last): for servers that do not stream every token id."""
         if self._failure is not None:
             raise self._failure
+        if self.serves_audio:  # not a failure of the server: its audio streams still run
+            raise EngineFailure(
+                "load",
+                f"[{self.name} at {self.base_url}] the server's model {self.model!r} transcribes "
+                f"speech ({TRANSCRIPTION_TASK}); text requests need a server of a text model",
+            )
         if self.id_source is None:
             raise RuntimeError("EndpointEngine.run() before start()")
         if arrival_offsets_s is not None and len(arrival_offsets_s) != len(requests):
@@ -356,6 +385,225 @@ class EndpointEngine:
                 reader.close()
         ended = self.clock()
         return RunResult(self.name, records, started, ended, self.peak_rss_bytes, {}, None, {})
+
+    def run_streams(self, streams: Sequence[Any], *, pace: float = 1.0) -> RunResult:
+        """As ``EngineProcess.run_streams``, over one WebSocket per stream to ``vibeserve serve``.
+
+        Each stream's thread sends chunk k at start + offset + (k + 1) chunk durations / ``pace``
+        (``pace`` 0: once chunk k - 1 is answered) and stamps its sends and the answers with
+        ``clock``; this thread checks every answer and watches for silence. A chunk is sent as
+        one binary message, so the server's chunks are the workload's (their lengths are whole
+        20 ms frames); the final chunk goes as ``{"type": "finish"}`` carrying its audio.
+        """
+        if self._failure is not None:
+            raise self._failure
+        if pace < 0:
+            raise ValueError(f"pace must be >= 0 (0: as fast as answers come), got {pace}")
+        ids = [s.stream_id for s in streams]
+        if len(set(ids)) != len(ids):
+            raise ValueError("stream ids in one run must be unique")
+        chunks = {s.stream_id: list(s.chunks()) for s in streams}
+        for sid, items in chunks.items():
+            if not items or not items[-1].final or any(c.final for c in items[:-1]):
+                raise ValueError(f"stream {sid!r}: its chunks must end with exactly one final")
+        connections = {}
+        inbox: queue.Queue[tuple[str, str, Any, float]] = queue.Queue()
+        stop = threading.Event()
+        threads = []
+        with contextlib.ExitStack() as open_connections:
+            for stream in streams:  # connected before the clock starts: a handshake is no chunk
+                connection = open_connections.enter_context(self._connect_stream(stream.stream_id))
+                connections[stream.stream_id] = connection
+            started = self.clock()
+            for stream in streams:
+                sid = stream.stream_id
+                schedule = _StreamSchedule(
+                    sid, chunks[sid], started + float(stream.start_offset_s), stream.chunk_seconds
+                )
+                thread = threading.Thread(
+                    target=self._push_stream,
+                    args=(connections[sid], schedule, pace, inbox, stop),
+                    name=f"vibeserve-audio-{sid}",
+                    daemon=True,
+                )
+                thread.start()
+                threads.append(thread)
+            try:
+                records = self._collect_streams(chunks, inbox, started)
+                ended = self.clock()
+            finally:
+                stop.set()
+                for thread in threads:
+                    thread.join(timeout=self.limits.step_timeout_s)
+        return RunResult(self.name, records, started, ended, self.peak_rss_bytes, {}, None, {})
+
+    def _stream_url(self) -> str:
+        scheme = "wss" if self._parts.scheme == "https" else "ws"
+        return f"{scheme}://{self._parts.netloc}{self._parts.path.rstrip('/')}{AUDIO_STREAM_PATH}"
+
+    def _connect_stream(self, sid: str) -> Any:
+        from websockets.exceptions import InvalidHandshake, InvalidStatus
+        from websockets.sync.client import connect
+
+        url = self._stream_url()
+        if self.model is not None:
+            url += f"?model={quote(self.model)}"
+        try:
+            return connect(
+                url,
+                open_timeout=self.limits.step_timeout_s,
+                close_timeout=5,
+                max_size=None,
+                compression=None,
+            )
+        except InvalidStatus as error:
+            status = error.response.status_code
+            raise self.failure(
+                "load",
+                f"stream {sid!r}: the server answered HTTP {status} to a WebSocket at "
+                f"{AUDIO_STREAM_PATH}; audio streams need `vibeserve serve` of a speech engine "
+                "(e.g. scenarios/streaming_asr/starter with --scale asr-tiny)",
+            ) from None
+        except (OSError, TimeoutError, InvalidHandshake) as error:
+            raise self.failure(
+                "load",
+                f"stream {sid!r}: cannot open the WebSocket {url} "
+                f"({error.__class__.__name__}: {error}); start the server, or fix the URL",
+            ) from None
+
+    def _push_stream(
+        self,
+        connection: Any,
+        schedule: _StreamSchedule,
+        pace: float,
+        inbox: queue.Queue,
+        stop: threading.Event,
+    ) -> None:
+        """One stream's thread: send its chunks on schedule, pass every message back stamped."""
+        from websockets.exceptions import ConnectionClosed
+
+        sid = schedule.stream_id
+        count = len(schedule.chunks)
+        interval = schedule.chunk_seconds / pace if pace else 0.0
+        sent = answered = 0
+        try:
+            while answered < count and not stop.is_set():
+                due = schedule.start + (sent + 1) * interval  # as EngineProcess.run_streams
+                ready = sent < count and (sent == answered if not pace else True)
+                now = self.clock()
+                if ready and due <= now:
+                    chunk = schedule.chunks[sent]
+                    at = self.clock()
+                    inbox.put((sid, "sent", chunk, at))
+                    connection.send(_stream_message(chunk))
+                    sent += 1
+                    continue
+                wait = 0.05
+                if ready:
+                    wait = min(wait, due - now)
+                try:
+                    raw = connection.recv(timeout=max(wait, 0.0))
+                except TimeoutError:
+                    continue
+                message = _answer_of(raw)
+                inbox.put((sid, "answer", message, self.clock()))
+                if not isinstance(message, dict) or message.get("type") not in ("partial", "final"):
+                    return
+                answered += 1
+        except ConnectionClosed as closed:
+            while True:  # what came before the close (an error message says why it closed)
+                try:
+                    raw = connection.recv(timeout=0)
+                except (ConnectionClosed, TimeoutError):
+                    break
+                inbox.put((sid, "answer", _answer_of(raw), self.clock()))
+            code = closed.rcvd.code if closed.rcvd is not None else None
+            reason = closed.rcvd.reason if closed.rcvd is not None else ""
+            failure = self.failure(
+                "crash",
+                f"stream {sid!r}: the server closed the WebSocket (code {code}"
+                f"{': ' + reason if reason else ''}) after {answered} of {count} answers",
+            )
+            inbox.put((sid, "error", failure, self.clock()))
+        except Exception as error:  # noqa: BLE001 - a stream thread must always report back
+            failure = self.failure("crash", f"stream {sid!r}: {error!r}")
+            inbox.put((sid, "error", failure, self.clock()))
+
+    def _collect_streams(
+        self, chunks: dict[str, list[AudioChunk]], inbox: queue.Queue, started: float
+    ) -> dict[str, RequestRecord]:
+        """Every stream's answers checked and recorded as ``EngineProcess.run_streams`` does."""
+        records: dict[str, RequestRecord] = {}
+        awaiting: dict[str, list[tuple[AudioChunk, float]]] = {sid: [] for sid in chunks}
+        last_progress = started
+        self.peak_rss_bytes = 0
+        while len(records) < len(chunks) or any(r.finished_at is None for r in records.values()):
+            for sid, kind, data, at in self._drain(inbox, 0.05):
+                if kind == "error":
+                    raise data
+                if kind == "sent":
+                    if not any(awaiting.values()):  # the silence watch starts with a wait
+                        last_progress = max(last_progress, at)
+                    record = records.setdefault(sid, RequestRecord(sid, 0, at))
+                    record.audio_samples += data.num_samples
+                    awaiting[sid].append((data, at))
+                    continue
+                self._record_answer(sid, data, at, records, awaiting)
+                last_progress = max(last_progress, at)
+            waiting = {sid for sid, items in awaiting.items() if items}
+            if self.pid is not None:
+                self.peak_rss_bytes = max(self.peak_rss_bytes, tree_rss(self.pid))
+            silent = self.clock() - last_progress
+            if waiting and silent > self.limits.step_timeout_s:
+                raise self.failure(
+                    "hang",
+                    f"no transcript for {silent:.1f} s with {len(waiting)} audio stream(s) "
+                    f"awaiting one (step timeout {self.limits.step_timeout_s:g} s)",
+                )
+        return records
+
+    def _record_answer(
+        self,
+        sid: str,
+        message: Any,
+        at: float,
+        records: dict[str, RequestRecord],
+        awaiting: dict[str, list[tuple[AudioChunk, float]]],
+    ) -> None:
+        if isinstance(message, dict) and message.get("type") == "error":
+            raise self.failure(
+                "protocol", f"stream {sid!r}: the server sent an error: {message.get('error')}"
+            )
+        if not isinstance(message, dict):
+            raise self.failure(
+                "protocol", f"stream {sid!r}: an answer is not a JSON object: {str(message)[:300]}"
+            )
+        if not awaiting[sid]:
+            raise self.failure(
+                "protocol", f"stream {sid!r}: an answer with no chunk awaiting one: {message}"
+            )
+        chunk, sent = awaiting[sid][0]
+        kind = "final" if chunk.final else "partial"
+        if message.get("type") != kind or message.get("chunk") != chunk.index:
+            raise self.failure(
+                "protocol",
+                f"stream {sid!r}: chunk {chunk.index} awaits one answer with type {kind!r} and "
+                f"chunk {chunk.index} (answers come in order, one per chunk), got "
+                f"{json.dumps(message)[:300]}",
+            )
+        token_ids = message.get("token_ids")
+        if not isinstance(token_ids, list) or not all(isinstance(t, int) for t in token_ids):
+            raise self.failure(
+                "protocol",
+                f"stream {sid!r} chunk {chunk.index}: the answer's token_ids is not a list of "
+                f"token ids: {json.dumps(message)[:300]}",
+            )
+        awaiting[sid].pop(0)
+        record = records[sid]
+        record.partials.append(PartialRecord(chunk.index, kind, tuple(token_ids), sent, at))
+        if chunk.final:
+            record.token_ids = list(token_ids)
+            record.finished_at = at
 
     # -- internals -----------------------------------------------------------------------------
     def _read_stream(self, stream: Stream, inbox: queue.Queue) -> None:
@@ -492,6 +740,40 @@ class EndpointEngine:
                 f"no token for {silent:.1f} s with {len(in_flight)} request(s) in flight "
                 f"(step timeout {self.limits.step_timeout_s:g} s): the server stalled mid-stream",
             )
+
+
+class _StreamSchedule:
+    """One audio stream as its thread sends it."""
+
+    def __init__(
+        self, stream_id: str, chunks: list[AudioChunk], start: float, chunk_seconds: float
+    ) -> None:
+        self.stream_id = stream_id
+        self.chunks = chunks
+        self.start = start  # when the stream's audio starts: chunk k is sent once recorded
+        self.chunk_seconds = chunk_seconds
+
+    def __repr__(self) -> str:
+        return f"_StreamSchedule({self.stream_id!r}, {len(self.chunks)} chunks)"
+
+
+def _answer_of(raw: str | bytes) -> Any:
+    """A WebSocket message from the server: its JSON, or the raw message if it is none."""
+    try:
+        return json.loads(raw)
+    except (TypeError, ValueError):
+        return raw
+
+
+def _stream_message(chunk: AudioChunk) -> bytes | str:
+    """What carries ``chunk`` over the WebSocket: its bytes, or for the final chunk a finish
+    message holding them (so the server makes them the final chunk, not one more partial)."""
+    if not chunk.final:
+        return chunk.pcm16
+    message: dict[str, Any] = {"type": "finish"}
+    if chunk.pcm16:
+        message["audio"] = base64.b64encode(chunk.pcm16).decode("ascii")
+    return json.dumps(message)
 
 
 def _schema_of(response_format: dict[str, Any]) -> dict[str, Any]:

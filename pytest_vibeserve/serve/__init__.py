@@ -10,6 +10,13 @@ Decoding is greedy, as the contract is, so a request asking for sampling is refu
 silently answered greedily; so is every field the engine cannot honour. The vLLM extensions
 ``stop_token_ids``, ``ignore_eos``, ``return_token_ids`` and ``return_tokens_as_token_ids`` are
 understood; other unknown fields are ignored.
+
+Routes: ``GET /health``, ``GET /v1/models``, ``POST /v1/completions``, ``POST
+/v1/chat/completions`` (text models), and for a speech model (its ``/v1/models`` card says
+``"task": "transcription"``) the WebSocket ``/v1/audio/stream`` (binary PCM16 16 kHz mono messages
+and a closing ``{"type": "finish"}`` in; one ``{"type": "partial" | "final", "chunk", "text",
+"token_ids"}`` per chunk out) and ``POST /v1/audio/transcriptions`` (a WAV file, OpenAI's form).
+``audio.py`` describes the audio protocol in full.
 """
 
 from pytest_vibeserve.serve.app import (
@@ -20,7 +27,8 @@ from pytest_vibeserve.serve.app import (
     run_server,
     serve_in_thread,
 )
-from pytest_vibeserve.serve.driver import EngineDriver
+from pytest_vibeserve.serve.audio import AudioRoutes, is_speech_model, parse_multipart, read_wav
+from pytest_vibeserve.serve.driver import AudioSession, EngineDriver
 from pytest_vibeserve.serve.errors import DEFAULT_LIMITS, GRACEFUL_SHUTDOWN_S, ApiError
 from pytest_vibeserve.serve.requests import Generation, RequestParser, ServedModel
 from pytest_vibeserve.serve.responses import Answer, Delta, Transcript
@@ -30,6 +38,8 @@ __all__ = [
     "GRACEFUL_SHUTDOWN_S",
     "Answer",
     "ApiError",
+    "AudioRoutes",
+    "AudioSession",
     "Delta",
     "EngineDriver",
     "Generation",
@@ -40,6 +50,9 @@ __all__ = [
     "bind_socket",
     "create_app",
     "hosted_engine",
+    "is_speech_model",
+    "parse_multipart",
+    "read_wav",
     "run_server",
     "serve_in_thread",
 ]

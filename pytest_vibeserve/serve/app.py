@@ -1,4 +1,7 @@
-"""The Starlette app, its routes, and the ways to run it (uvicorn, a thread for tests)."""
+"""The Starlette app, its routes, and the ways to run it (uvicorn, a thread for tests).
+
+The audio routes (``/v1/audio/stream``, ``/v1/audio/transcriptions``) live in ``audio.py``.
+"""
 
 from __future__ import annotations
 
@@ -16,10 +19,16 @@ import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request as HttpRequest
 from starlette.responses import JSONResponse, Response, StreamingResponse
-from starlette.routing import Route
+from starlette.routing import Route, WebSocketRoute
 
 from pytest_vibeserve.contract import EngineSpec, Event
 from pytest_vibeserve.runner import EngineFailure, EngineProcess, Limits
+from pytest_vibeserve.serve.audio import (
+    STREAM_PATH,
+    TRANSCRIPTIONS_PATH,
+    AudioRoutes,
+    is_speech_model,
+)
 from pytest_vibeserve.serve.driver import EngineDriver
 from pytest_vibeserve.serve.errors import (
     DEFAULT_LIMITS,
@@ -40,6 +49,7 @@ class _Routes:
         self.driver = driver
         self.model = model
         self.tokenizer = tokenizer
+        self.speech = is_speech_model(model.path)  # it transcribes audio rather than text
         self.parser = RequestParser(
             tokenizer,
             model,
@@ -60,6 +70,8 @@ class _Routes:
             "owned_by": "vibeserve",
             "root": str(self.model.path),
             "max_model_len": self.model.max_model_len,
+            # vLLM's --task names: a client learns which routes answer before using one
+            "task": "transcription" if self.speech else "generate",
         }
         return JSONResponse({"object": "list", "data": [card]})
 
@@ -71,6 +83,14 @@ class _Routes:
 
     async def _answer(self, request: HttpRequest, *, chat: bool) -> Response:
         try:
+            if self.speech:  # an audio engine has no add_request: its worker would die of it
+                raise ApiError(
+                    400,
+                    f"the model {self.model.name!r} transcribes speech and completes no text; "
+                    f"stream audio to the WebSocket {STREAM_PATH} or post a WAV to "
+                    f"{TRANSCRIPTIONS_PATH}",
+                    param="model",
+                )
             body = await self._body(request)
             generation = self.parser.chat(body) if chat else self.parser.completion(body)
             if (failure := self.driver.failure) is not None:
@@ -151,12 +171,15 @@ class _Routes:
 def create_app(driver: EngineDriver, model: ServedModel, tokenizer: Any) -> Starlette:
     """The OpenAI-compatible app answering from ``driver``'s engine, which must be started."""
     routes = _Routes(driver, model, tokenizer)
+    audio = AudioRoutes(driver, model, tokenizer)
     return Starlette(
         routes=[
             Route("/health", routes.health, methods=["GET"]),
             Route("/v1/models", routes.models, methods=["GET"]),
             Route("/v1/completions", routes.completions, methods=["POST"]),
             Route("/v1/chat/completions", routes.chat_completions, methods=["POST"]),
+            Route(TRANSCRIPTIONS_PATH, audio.transcriptions, methods=["POST"]),
+            WebSocketRoute(STREAM_PATH, audio.stream),
         ]
     )
 
