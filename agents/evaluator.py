@@ -52,6 +52,7 @@ AUDIO_RECOMPUTE_MIN = 1.5
 AUDIO_TAIL_RATIO = 3.0
 ENCODER_SHARE = 0.15
 CROSS_KV_SHARE = 0.05
+DECODE_STEP_GAIN = 1.2  # a lean decoder step against transformers' module, cpu scale
 PEAK_MEMORY_RATIO = 1.25
 PEAK_MEMORY_MIN_MIB = 256
 
@@ -247,6 +248,16 @@ def audio_hints(candidate: dict[str, Any], stats: dict[str, Any]) -> list[Hint]:
                 f"{streams} streams, {rows:.2f} token rows per decoder forward; {state}",
             )
         )
+    # every transcript decodes from the start token: decoding is most of the work whatever else
+    # is done; the lean decoder's gain is the evidence for the estimate
+    hints.append(
+        Hint(
+            "decode-bound",
+            DECODE_STEP_GAIN,
+            f"every chunk's transcript is decoded from its first token ({rows:.2f} rows per "
+            "decoder forward); decoding is ~80% of a transcript's cost at the cpu scale",
+        )
+    )
     encoder = _number(candidate.get("encoder_frames_per_audio_frame"))
     if encoder > AUDIO_RECOMPUTE_MIN:
         hints.append(

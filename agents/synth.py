@@ -74,6 +74,15 @@ def open_workspace(config: LoopConfig, *, resume: bool) -> tuple[Workspace, int 
     return workspace, state.next_round, note
 
 
+def _workload_size(params: dict[str, Any]) -> float | None:
+    """What a run of the workload costs, relatively: its requests, or its seconds of audio."""
+    if params.get("requests"):
+        return float(params["requests"])
+    if params.get("streams") and params.get("seconds"):
+        return float(params["streams"]) * float(params["seconds"])
+    return None
+
+
 def run_one_loop(
     options: Options,
     synth: SynthOptions,
@@ -100,10 +109,10 @@ def run_one_loop(
         ),
     )
     eval_workload = scenario.loop.get("eval_workload", {}).get(options.scale) or {}
-    full_requests = scenario.scale(options.scale).workload.get("requests")
-    round_requests = eval_workload.get("requests", full_requests)
-    if full_requests and round_requests:
-        config = dataclasses.replace(config, confirm_cost_scale=full_requests / round_requests)
+    full = scenario.scale(options.scale).workload
+    full_size, round_size = _workload_size(full), _workload_size({**full, **eval_workload})
+    if full_size and round_size:
+        config = dataclasses.replace(config, confirm_cost_scale=full_size / round_size)
     library = load_library(scenario=scenario.name)
     run = ScenarioRun(
         synth.scenario_dir,

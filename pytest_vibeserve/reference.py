@@ -194,52 +194,73 @@ class Reference:
     def _compute_streams(
         self, streams: Sequence[Any], keys: dict[str, str], per_second: float
     ) -> None:
+        # batch-1 generate barely gains from a second thread: on the cpu (the scale's threads
+        # > 1) the streams are shared among that many one-thread processes instead
+        parallel = self.threads if self.device == "cpu" else 1
+        groups = [list(streams[i::parallel]) for i in range(min(parallel, len(streams)))]
+        threads = 1 if parallel > 1 else self.threads
         with tempfile.TemporaryDirectory(prefix="vibeserve-ref-") as tmp:
-            streams_file = Path(tmp) / "streams.json"
-            out_file = Path(tmp) / "out.json"
-            streams_file.write_text(
-                json.dumps(
-                    [
-                        {
-                            "id": s.stream_id,
-                            "pcm16": base64.b64encode(s.pcm16).decode("ascii"),
-                            "chunk_samples": s.chunk_samples,
-                            "max_tokens_per_second": per_second,
-                        }
-                        for s in streams
-                    ]
+            jobs = []
+            for index, group in enumerate(groups):
+                streams_file = Path(tmp) / f"streams-{index}.json"
+                out_file = Path(tmp) / f"out-{index}.json"
+                streams_file.write_text(
+                    json.dumps(
+                        [
+                            {
+                                "id": s.stream_id,
+                                "pcm16": base64.b64encode(s.pcm16).decode("ascii"),
+                                "chunk_samples": s.chunk_samples,
+                                "max_tokens_per_second": per_second,
+                            }
+                            for s in group
+                        ]
+                    )
                 )
-            )
-            command = [sys.executable, "-m", "reference_impls.asr", "--model", str(self.model_dir)]
-            command += ["--streams", str(streams_file), "--out", str(out_file)]
-            command += ["--threads", str(self.threads), "--device", self.device]
+                command = [sys.executable, "-m", "reference_impls.asr"]
+                command += ["--model", str(self.model_dir), "--streams", str(streams_file)]
+                command += ["--out", str(out_file), "--threads", str(threads)]
+                command += ["--device", self.device]
+                jobs.append((command, Path(tmp) / f"reference-{index}.log", out_file, group))
             try:
-                self._run_reference(command, Path(tmp) / "reference.log")
+                self._run_references(jobs, threads)
             finally:
-                if out_file.exists():  # keep every stream it finished, even from a failed run
-                    results = json.loads(out_file.read_text())
-                    for stream in streams:
+                for _, _, out_file, group in jobs:
+                    if not out_file.exists():
+                        continue
+                    results = json.loads(out_file.read_text())  # every stream it finished
+                    for stream in group:
                         if stream.stream_id in results:
                             target = self.outputs_dir / f"{keys[stream.stream_id]}.json"
                             partial = target.with_suffix(".tmp")
                             partial.write_text(json.dumps(results[stream.stream_id]))
                             partial.replace(target)
 
-    def _run_reference(self, command: list[str], log_file: Path) -> None:
-        env = {**os.environ, "OMP_NUM_THREADS": str(self.threads), "HF_HUB_OFFLINE": "1"}
-        with log_file.open("wb") as log:
-            process = subprocess.Popen(
-                command, stdout=log, stderr=subprocess.STDOUT, cwd=_project_root(), env=env
-            )
-            try:
-                code = process.wait()
-            finally:
-                if process.poll() is None:  # interrupted (Ctrl-C): stop it
+    def _run_references(self, jobs: list[tuple[list[str], Path, Path, Any]], threads: int) -> None:
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1"}
+        processes = []
+        try:
+            for command, log_file, _, _ in jobs:
+                with log_file.open("wb") as log:
+                    processes.append(
+                        subprocess.Popen(
+                            command,
+                            stdout=log,
+                            stderr=subprocess.STDOUT,
+                            cwd=_project_root(),
+                            env=env,
+                        )
+                    )
+            codes = [process.wait() for process in processes]
+        finally:
+            for process in processes:
+                if process.poll() is None:  # interrupted (Ctrl-C): stop them
                     process.kill()
                     process.wait()
-        if code != 0:
-            tail = log_file.read_text(errors="replace").strip()[-3000:]
-            raise ReferenceError(f"the reference run failed ({code}):\n{tail}")
+        for code, (_, log_file, _, _) in zip(codes, jobs, strict=True):
+            if code != 0:
+                tail = log_file.read_text(errors="replace").strip()[-3000:]
+                raise ReferenceError(f"the reference run failed ({code}):\n{tail}")
 
     def _compute(self, requests: Sequence[Request], keys: dict[str, str], top_k: int) -> None:
         with tempfile.TemporaryDirectory(prefix="vibeserve-ref-") as tmp:

@@ -25,6 +25,9 @@ VARIANTS = [
     AsrFeatures(encoder="incremental"),
     AsrFeatures(max_batch=4),
     AsrFeatures(encoder="incremental", cross_kv="append", max_batch=4, threads=1),
+    AsrFeatures(decoder="lean"),
+    AsrFeatures(max_batch=4, decoder="lean"),
+    AsrFeatures(encoder="incremental", cross_kv="append", max_batch=4, decoder="lean"),
 ]
 CHUNK = 32000  # 2 s
 
@@ -115,6 +118,7 @@ def test_the_starter_is_the_default_features_rendered():
         ({"cross_kv": "append"}, "set encoder='incremental'"),
         ({"encoder": "streaming"}, "full, incremental"),
         ({"max_batch": 0}, "max_batch"),
+        ({"decoder": "onnx"}, "transformers, lean"),
     ],
 )
 def test_invalid_features_name_the_fix(changes, named):

@@ -228,18 +228,20 @@ def audio_report(*, rtf: float, rows: float, encoder: float, cross: float, p99: 
 def test_audio_hints_read_the_engine_counters_not_the_text_figures():
     hints = derive_hints(audio_report(rtf=3.0, rows=1.0, encoder=5.5, cross=5.5))
     keywords = [h.keyword for h in hints]
-    # behind real time with one row per forward: batching first, then the recomputations
-    assert keywords == ["serial-decode", "encoder-recompute", "cross-kv-recompute"]
+    # behind real time with one row per forward: batching first, then a leaner decoder step
+    # (decoding is always most of the work), then the recomputations
+    assert keywords == ["serial-decode", "decode-bound", "encoder-recompute", "cross-kv-recompute"]
     assert "8 streams, 1.00 token rows per decoder forward" in hints[0].evidence
     assert "behind real time (real-time factor 3.00)" in hints[0].evidence
     assert hints[0].estimated_gain == pytest.approx(2.0)
-    assert "5.5 frames per 20 ms frame" in hints[1].evidence
+    assert "5.5 frames per 20 ms frame" in hints[2].evidence
 
 
 def test_audio_hints_vanish_once_fixed_and_batching_waits_for_a_queue():
-    assert derive_hints(audio_report(rtf=3.0, rows=4.0, encoder=1.0, cross=1.1)) == []
+    fixed = derive_hints(audio_report(rtf=3.0, rows=4.0, encoder=1.0, cross=1.1))
+    assert [h.keyword for h in fixed] == ["decode-bound"]
     keeping_pace = derive_hints(audio_report(rtf=1.02, rows=1.0, encoder=1.0, cross=1.0))
-    assert [h.keyword for h in keeping_pace] == ["serial-decode"]
-    assert keeping_pace[0].estimated_gain < 1.1
+    assert [h.keyword for h in keeping_pace] == ["decode-bound", "serial-decode"]
+    assert keeping_pace[1].estimated_gain < 1.1
     noisy = derive_hints(audio_report(rtf=1.02, rows=4.0, encoder=1.0, cross=1.0, p99=900.0))
-    assert [h.keyword for h in noisy] == ["thread-contention"]
+    assert [h.keyword for h in noisy] == ["decode-bound", "thread-contention"]

@@ -13,6 +13,10 @@ hybrid_ssm). Every feature selects real code in the rendered file:
   final encoder frames and computes only the rest; needs ``encoder = "incremental"``).
 - ``max_batch``: chunks of different streams decoded together, one forward per token for all
   rows (1 = one chunk at a time).
+- ``decoder``: ``transformers`` (the model's decoder module and its EncoderDecoderCache, one
+  concatenation per step) or ``lean`` (``LeanDecoder``: the decoder step in plain torch ops,
+  fused query/key/value projection, self-attention keys/values in buffers allocated once and
+  grown when needed, cross-attention keys/values projected by the engine).
 - ``threads``: None = the harness's ``spec.threads``, N = ``torch.set_num_threads(N)``.
 """
 
@@ -29,6 +33,7 @@ from agents.recipes.hybrid_engine import select
 FAMILY = "asr"
 TEMPLATE = Path(__file__).with_name("asr_engine.tmpl")
 ENCODERS = ("full", "incremental")
+DECODERS = ("transformers", "lean")
 CROSS_KV = ("recompute", "append")
 MAX_BATCH = 64
 
@@ -39,6 +44,7 @@ class AsrFeatures(FamilyFeatureSet):
     encoder: str = "full"
     cross_kv: str = "recompute"
     max_batch: int = 1
+    decoder: str = "transformers"
     threads: int | None = None
 
     def __post_init__(self) -> None:
@@ -49,6 +55,8 @@ class AsrFeatures(FamilyFeatureSet):
         if self.cross_kv not in CROSS_KV:
             raise FeatureError(f"cross_kv={self.cross_kv!r}; valid values: {', '.join(CROSS_KV)}")
         _check_int("max_batch", self.max_batch, 1, MAX_BATCH, "1 = one chunk at a time")
+        if self.decoder not in DECODERS:
+            raise FeatureError(f"decoder={self.decoder!r}; valid values: {', '.join(DECODERS)}")
         if self.threads is not None:
             _check_int("threads", self.threads, 1, None, "or null for the harness's spec.threads")
         if self.cross_kv == "append" and self.encoder != "incremental":
@@ -64,6 +72,8 @@ def render_engine(features: AsrFeatures) -> str:
     flags = {
         "incremental": f.encoder == "incremental",
         "append": f.cross_kv == "append",
+        "lean": f.decoder == "lean",
+        "cross_cache": f.cross_kv == "append" or f.decoder == "lean",
         "threads": f.threads is not None,
     }
     text = select(TEMPLATE.read_text(), flags)
@@ -104,6 +114,12 @@ def _story(f: AsrFeatures) -> str:
     else:
         paragraphs.append(
             "One chunk at a time: each transcript decodes alone, one row per forward."
+        )
+    if f.decoder == "lean":
+        paragraphs.append(
+            "Decoding runs in LeanDecoder: the decoder step in plain torch ops (fused "
+            "query/key/value projection, self-attention keys/values in preallocated buffers "
+            "reused across ticks, cross-attention over keys/values the engine projected)."
         )
     if f.threads is not None:
         paragraphs.append(f"torch runs {f.threads} intra-op thread(s).")
