@@ -539,18 +539,30 @@ class SynthesisLoop:
 
 # What an engine reports about itself in the run's table and the confirmation repeats.
 ENGINE_FIGURES = ("tokens_per_forward", "forced_fraction", "mask_ms_per_token")
+# audio streams: the run's chunk-latency tail and pace, and what the engines report of their work
+AUDIO_FIGURES = (
+    "chunk_latency_ms_p90",
+    "real_time_factor",
+    "decode_rows_per_step",
+    "encoder_frames_per_audio_frame",
+)
 
 
 def _engine_figures(report: dict[str, Any] | None) -> dict[str, dict[str, float]]:
     """The confirmation's engine-reported figures, candidate and starter: tokens per forward and,
-    under a grammar, the share of output tokens it forced and its grammar work per token."""
+    under a grammar, the share of output tokens it forced and its grammar work per token; for
+    audio streams the chunk latency p90, the real-time factor, the token rows per decoder forward
+    and the encoder frames per frame of audio."""
     table = ((report or {}).get("performance") or {}).get("table") or []
     figures = {}
     for row in table:
         if row.get("engine") in ("candidate", "baseline"):
+            audio = isinstance(row.get("chunk_latency_ms_p50"), int | float) and (
+                row["chunk_latency_ms_p50"] == row["chunk_latency_ms_p50"]
+            )
             found = {
                 key: float(row[key])
-                for key in ENGINE_FIGURES
+                for key in (AUDIO_FIGURES if audio else ENGINE_FIGURES)
                 if isinstance(row.get(key), int | float) and row[key] == row[key]  # not NaN
             }
             figures["best" if row["engine"] == "candidate" else "starter"] = found

@@ -142,6 +142,16 @@ def _figures_line(engines: dict[str, dict[str, float]]) -> str:
             words.append(f"{figures['forced_fraction']:.0%} of output tokens forced by the grammar")
         if "mask_ms_per_token" in figures:
             words.append(f"{figures['mask_ms_per_token']:.2f} ms of grammar work per token")
+        if "chunk_latency_ms_p90" in figures:  # measured by the harness, not reported
+            words.append(f"(measured) chunk latency p90 {figures['chunk_latency_ms_p90']:.0f} ms")
+        if "real_time_factor" in figures:
+            words.append(f"(measured) real-time factor {figures['real_time_factor']:.2f}")
+        if "decode_rows_per_step" in figures:
+            words.append(f"{figures['decode_rows_per_step']:.2f} token rows per decoder forward")
+        if "encoder_frames_per_audio_frame" in figures:
+            words.append(
+                f"{figures['encoder_frames_per_audio_frame']:.2f} encoder frames per frame of audio"
+            )
         if words:
             who = "the best engine" if name == "best" else "the starter"
             parts.append(f"{who} " + ", ".join(words))

@@ -184,6 +184,26 @@ def transcript_event(stream_id: str, index: int, token_ids: list[int], final: bo
     return Event(stream_id, list(token_ids), finished=final, payload=payload)
 
 
+def transcript_problem(chunk: AudioChunk, event: Event) -> str | None:
+    """Why ``event`` cannot be the answer to ``chunk`` (the oldest unanswered chunk of its
+    stream), or None: the one rule the runner, the server's driver and the endpoint client check."""
+    sid = chunk.stream_id
+    kind = "final" if chunk.final else "partial"
+    payload = event.payload or {}
+    if payload.get("type") != kind or payload.get("chunk") != chunk.index:
+        return (
+            f"stream {sid!r}: chunk {chunk.index} awaits one event with payload "
+            f"{{'type': {kind!r}, 'chunk': {chunk.index}}} (chunks are answered in order, one "
+            f"event each), got payload {event.payload!r}"
+        )
+    if event.finished != chunk.final:
+        return (
+            f"stream {sid!r} chunk {chunk.index}: finished={event.finished}, but only the final "
+            "chunk's event finishes the stream"
+        )
+    return None
+
+
 @runtime_checkable
 class Engine(Protocol):
     def add_request(self, request: Request) -> None: ...

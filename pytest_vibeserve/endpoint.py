@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-from pytest_vibeserve.contract import AudioChunk, Request
+from pytest_vibeserve.contract import AudioChunk, Event, Request, transcript_problem
 from pytest_vibeserve.runner import (
     EngineFailure,
     Limits,
@@ -584,13 +584,13 @@ class EndpointEngine:
             )
         chunk, sent = awaiting[sid][0]
         kind = "final" if chunk.final else "partial"
-        if message.get("type") != kind or message.get("chunk") != chunk.index:
-            raise self.failure(
-                "protocol",
-                f"stream {sid!r}: chunk {chunk.index} awaits one answer with type {kind!r} and "
-                f"chunk {chunk.index} (answers come in order, one per chunk), got "
-                f"{json.dumps(message)[:300]}",
-            )
+        answer = Event(
+            sid,
+            finished=message.get("type") == "final",
+            payload={"type": message.get("type"), "chunk": message.get("chunk")},
+        )
+        if (problem := transcript_problem(chunk, answer)) is not None:
+            raise self.failure("protocol", problem)
         token_ids = message.get("token_ids")
         if not isinstance(token_ids, list) or not all(isinstance(t, int) for t in token_ids):
             raise self.failure(

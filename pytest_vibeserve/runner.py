@@ -20,7 +20,14 @@ from pathlib import Path
 from typing import Any
 
 from pytest_vibeserve.channel import Channel, ChannelClosed
-from pytest_vibeserve.contract import FORWARD_COUNTER, AudioChunk, EngineSpec, Event, Request
+from pytest_vibeserve.contract import (
+    FORWARD_COUNTER,
+    AudioChunk,
+    EngineSpec,
+    Event,
+    Request,
+    transcript_problem,
+)
 from pytest_vibeserve.profiling import EngineProfile
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -410,21 +417,9 @@ class EngineProcess:
                 "protocol", f"stream {sid!r}: an event with no chunk awaiting an answer: {event}"
             )
         chunk, sent = awaiting[sid][0]
-        payload = event.payload or {}
+        if (problem := transcript_problem(chunk, event)) is not None:
+            raise self._fail("protocol", problem)
         kind = "final" if chunk.final else "partial"
-        if payload.get("type") != kind or payload.get("chunk") != chunk.index:
-            raise self._fail(
-                "protocol",
-                f"stream {sid!r}: chunk {chunk.index} awaits one event with payload "
-                f"{{'type': {kind!r}, 'chunk': {chunk.index}}} (chunks are answered in order, "
-                f"one event each), got payload {event.payload!r}",
-            )
-        if event.finished != chunk.final:
-            raise self._fail(
-                "protocol",
-                f"stream {sid!r} chunk {chunk.index}: finished={event.finished}, but only the "
-                "final chunk's event finishes the stream",
-            )
         awaiting[sid].pop(0)
         record = records[sid]
         record.partials.append(

@@ -28,6 +28,7 @@ VARIANTS = [
     AsrFeatures(decoder="lean"),
     AsrFeatures(max_batch=4, decoder="lean"),
     AsrFeatures(encoder="incremental", cross_kv="append", max_batch=4, decoder="lean"),
+    AsrFeatures(encoder="incremental", max_batch=4, decoder="lean", admission="step"),
 ]
 CHUNK = 32000  # 2 s
 
@@ -119,8 +120,40 @@ def test_the_starter_is_the_default_features_rendered():
         ({"encoder": "streaming"}, "full, incremental"),
         ({"max_batch": 0}, "max_batch"),
         ({"decoder": "onnx"}, "transformers, lean"),
+        ({"admission": "step"}, "set decoder='lean'"),
     ],
 )
 def test_invalid_features_name_the_fix(changes, named):
     with pytest.raises(FeatureError, match=named):
         AsrFeatures(**changes)
+
+
+def test_rows_admitted_at_different_steps_give_the_reference_transcripts(
+    tmp_path, asr_tiny, streams, expected
+):
+    """Continuous batching: chunks arrive while other rows are mid-transcript, so rows decode at
+    different positions in one forward; every transcript must still be the reference's."""
+    write_engine(tmp_path, AsrFeatures(max_batch=2, decoder="lean", admission="step"))
+    spec = importlib.util.spec_from_file_location("asr_ragged", tmp_path / "engine.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    engine = module.create_engine(EngineSpec(model_path=str(asr_tiny)))
+    chunks = 3
+    arrivals = sorted(
+        (3 * (k * 3 + i), sid, k) for i, sid in enumerate(streams) for k in range(chunks)
+    )
+    got: dict[str, list[list[int]]] = {sid: [] for sid in streams}
+    tick = 0
+    while arrivals or engine.has_unfinished_requests():
+        while arrivals and arrivals[0][0] <= tick:
+            _, sid, k = arrivals.pop(0)
+            piece = streams[sid][2 * k * CHUNK : 2 * (k + 1) * CHUNK]
+            engine.add_audio(AudioChunk(sid, k, piece, final=k == chunks - 1))
+        if engine.has_unfinished_requests():
+            for event in engine.step():
+                got[event.request_id].append(event.token_ids)
+        tick += 1
+    assert got == expected
+    counters = engine.counters()
+    # rows overlapped (fewer forwards than rows) though no two arrived together
+    assert counters["decoder_steps"] < counters["decoder_rows"]

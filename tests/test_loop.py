@@ -540,3 +540,26 @@ def test_the_report_gives_what_the_confirmed_engines_report_about_themselves(tmp
         "forced by the grammar." in text
     )
     assert _engine_figures(None) == {}
+
+
+def test_the_report_gives_audio_figures_for_audio_streams(tmp_path):
+    from agents.loop import _engine_figures
+    from agents.report import _figures_line
+
+    row = {
+        "chunk_latency_ms_p50": 1841.0,
+        "chunk_latency_ms_p90": 5399.0,
+        "real_time_factor": 1.1,
+        "decode_rows_per_step": 3.2,
+        "encoder_frames_per_audio_frame": 1.0,
+        "tokens_per_forward": 0.18,  # meaningless for transcripts: left out
+    }
+    engines = _engine_figures({"performance": {"table": [{"engine": "candidate", **row}]}})
+    assert engines["best"] == {
+        k: v for k, v in row.items() if k not in ("chunk_latency_ms_p50", "tokens_per_forward")
+    }
+    assert _figures_line(engines) == (
+        "Engine-reported in that run: the best engine (measured) chunk latency p90 5399 ms, "
+        "(measured) real-time factor 1.10, 3.20 token rows per decoder forward, 1.00 encoder "
+        "frames per frame of audio."
+    )

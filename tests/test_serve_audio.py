@@ -577,7 +577,7 @@ def fake_stream_server(mode: str) -> tuple[Any, str]:
     ("mode", "match"),
     [
         ("good", None),
-        ("skip", r"engine protocol: .*chunk 0 awaits one answer with type 'partial' and chunk 0"),
+        ("skip", r"engine protocol: .*chunk 0 awaits one event with payload \{'type': 'partial'"),
         ("error", r"engine protocol: .*the server sent an error: the engine failed: boom"),
         ("silent", r"engine hang: .*no transcript for .* 1 audio stream\(s\)"),
         ("close", r"engine crash: .*closed the WebSocket \(code 1011: gone\) after 0 of 2"),

@@ -17,6 +17,10 @@ hybrid_ssm). Every feature selects real code in the rendered file:
   concatenation per step) or ``lean`` (``LeanDecoder``: the decoder step in plain torch ops,
   fused query/key/value projection, self-attention keys/values in buffers allocated once and
   grown when needed, cross-attention keys/values projected by the engine).
+- ``admission``: ``tick`` (a scheduler tick takes the waiting chunks of up to ``max_batch``
+  streams and decodes them to the end before the next tick) or ``step`` (continuous batching:
+  before every decoder forward each stream's waiting chunk is admitted as a new row while rows
+  are free, rows finish on their own; needs ``decoder = "lean"``).
 - ``threads``: None = the harness's ``spec.threads``, N = ``torch.set_num_threads(N)``.
 """
 
@@ -34,6 +38,7 @@ FAMILY = "asr"
 TEMPLATE = Path(__file__).with_name("asr_engine.tmpl")
 ENCODERS = ("full", "incremental")
 DECODERS = ("transformers", "lean")
+ADMISSIONS = ("tick", "step")
 CROSS_KV = ("recompute", "append")
 MAX_BATCH = 64
 
@@ -45,6 +50,7 @@ class AsrFeatures(FamilyFeatureSet):
     cross_kv: str = "recompute"
     max_batch: int = 1
     decoder: str = "transformers"
+    admission: str = "tick"
     threads: int | None = None
 
     def __post_init__(self) -> None:
@@ -57,6 +63,15 @@ class AsrFeatures(FamilyFeatureSet):
         _check_int("max_batch", self.max_batch, 1, MAX_BATCH, "1 = one chunk at a time")
         if self.decoder not in DECODERS:
             raise FeatureError(f"decoder={self.decoder!r}; valid values: {', '.join(DECODERS)}")
+        if self.admission not in ADMISSIONS:
+            raise FeatureError(
+                f"admission={self.admission!r}; valid values: {', '.join(ADMISSIONS)}"
+            )
+        if self.admission == "step" and self.decoder != "lean":
+            raise FeatureError(
+                "admission='step' admits rows at different positions, which only LeanDecoder "
+                "handles: set decoder='lean'"
+            )
         if self.threads is not None:
             _check_int("threads", self.threads, 1, None, "or null for the harness's spec.threads")
         if self.cross_kv == "append" and self.encoder != "incremental":
@@ -73,6 +88,7 @@ def render_engine(features: AsrFeatures) -> str:
         "incremental": f.encoder == "incremental",
         "append": f.cross_kv == "append",
         "lean": f.decoder == "lean",
+        "continuous": f.admission == "step",
         "cross_cache": f.cross_kv == "append" or f.decoder == "lean",
         "threads": f.threads is not None,
     }
@@ -105,7 +121,13 @@ def _story(f: AsrFeatures) -> str:
         paragraphs.append(
             "Every transcript projects all encoder frames to cross-attention keys/values again."
         )
-    if f.max_batch > 1:
+    if f.admission == "step":
+        paragraphs.append(
+            f"Continuous batching: before every decoder forward, the waiting chunk of each stream "
+            f"not decoding is encoded and admitted as a new row (up to {f.max_batch} rows), each "
+            "row at its own position; a row answers its chunk the step it finishes."
+        )
+    elif f.max_batch > 1:
         paragraphs.append(
             f"Up to {f.max_batch} streams' waiting chunks are taken per scheduler tick and their "
             "transcripts decode together: one decoder forward per token for every row (encoder "

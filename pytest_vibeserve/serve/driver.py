@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pytest_vibeserve.contract import AudioChunk, Event, Request
+from pytest_vibeserve.contract import AudioChunk, Event, Request, transcript_problem
 from pytest_vibeserve.runner import EngineFailure, EngineProcess
 from pytest_vibeserve.serve.errors import POLL_S
 
@@ -236,21 +236,8 @@ class EngineDriver:
                 "protocol", f"stream {sid!r}: an event with no chunk awaiting an answer: {event}"
             )
         chunk = stream.awaiting[0]
-        payload = event.payload or {}
-        kind = "final" if chunk.final else "partial"
-        if payload.get("type") != kind or payload.get("chunk") != chunk.index:
-            raise self._failure_of(
-                "protocol",
-                f"stream {sid!r}: chunk {chunk.index} awaits one event with payload "
-                f"{{'type': {kind!r}, 'chunk': {chunk.index}}} (chunks are answered in order, "
-                f"one event each), got payload {event.payload!r}",
-            )
-        if event.finished != chunk.final:
-            raise self._failure_of(
-                "protocol",
-                f"stream {sid!r} chunk {chunk.index}: finished={event.finished}, but only the "
-                "final chunk's event finishes the stream",
-            )
+        if (problem := transcript_problem(chunk, event)) is not None:
+            raise self._failure_of("protocol", problem)
         stream.awaiting.popleft()
         if chunk.final:
             del self._streams[sid]

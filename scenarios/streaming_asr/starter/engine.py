@@ -1,7 +1,8 @@
 """Streaming speech recognition engine for scenario streaming_asr, rendered by
 agents/recipes/asr_engine.py from its features.
 
-Features: encoder=full cross_kv=recompute max_batch=1 decoder=transformers threads=None
+Features: encoder=full cross_kv=recompute max_batch=1 decoder=transformers admission=tick
+    threads=None
 
 Every chunk re-encodes all the stream's audio from its start (the sliding windows apply because
 the attention mask is passed).
