@@ -46,6 +46,7 @@ from pytest_vibeserve.runner import (
     PartialRecord,
     RequestRecord,
     RunResult,
+    stream_chunks,
 )
 
 ID_SOURCES = ("token_ids", "logprob_ids", "token_id_strings")
@@ -397,15 +398,7 @@ class EndpointEngine:
         """
         if self._failure is not None:
             raise self._failure
-        if pace < 0:
-            raise ValueError(f"pace must be >= 0 (0: as fast as answers come), got {pace}")
-        ids = [s.stream_id for s in streams]
-        if len(set(ids)) != len(ids):
-            raise ValueError("stream ids in one run must be unique")
-        chunks = {s.stream_id: list(s.chunks()) for s in streams}
-        for sid, items in chunks.items():
-            if not items or not items[-1].final or any(c.final for c in items[:-1]):
-                raise ValueError(f"stream {sid!r}: its chunks must end with exactly one final")
+        _, chunks = stream_chunks(streams, pace)
         connections = {}
         inbox: queue.Queue[tuple[str, str, Any, float]] = queue.Queue()
         stop = threading.Event()

@@ -36,6 +36,20 @@ LOG_TAIL_CHARS = 4000
 INHERITED_ENV = ("PATH", "LANG", "LC_ALL", "TZ", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 
 
+def stream_chunks(streams: Sequence[Any], pace: float) -> tuple[list[str], dict[str, list]]:
+    """The streams' ids and chunks, checked: unique ids, exactly one final chunk, last."""
+    if pace < 0:
+        raise ValueError(f"pace must be >= 0 (0: as fast as answers come), got {pace}")
+    ids = [s.stream_id for s in streams]
+    if len(set(ids)) != len(ids):
+        raise ValueError("stream ids in one run must be unique")
+    chunks = {s.stream_id: list(s.chunks()) for s in streams}
+    for sid, items in chunks.items():
+        if not items or not items[-1].final or any(c.final for c in items[:-1]):
+            raise ValueError(f"stream {sid!r}: its chunks must end with exactly one final")
+    return ids, chunks
+
+
 class EngineFailure(Exception):
     """The engine did not do its job; ``kind`` is crash, hang, oom, load or protocol."""
 
@@ -271,7 +285,6 @@ class EngineProcess:
             raise ValueError("request ids in one run must be unique")
         by_id = {r.request_id: r for r in requests}
         counters_before = self.counters()
-        forwards_before = counters_before.get(FORWARD_COUNTER)
         limit = concurrency or len(requests)
         offsets = list(arrival_offsets_s or [0.0] * len(requests))
         waiting = list(range(len(requests)))
@@ -303,22 +316,7 @@ class EngineProcess:
                     self._record(event, records, in_flight, by_id, arrived)
                 last_progress = arrived
             self._watch(in_flight, last_progress)
-        ended = self.clock()
-        counters = self.counters()
-        forwards_after = counters.get(FORWARD_COUNTER)
-        forwards = None
-        if forwards_before is not None and forwards_after is not None:
-            forwards = forwards_after - forwards_before
-        return RunResult(
-            self.name,
-            records,
-            started,
-            ended,
-            self.peak_rss_bytes,
-            counters,
-            forwards,
-            counters_before,
-        )
+        return self._result(records, started, counters_before)
 
     def _wire(self, request: Request) -> dict[str, Any]:
         """The request as sent: a ``response_format`` reaches only an engine that lists that
@@ -339,17 +337,8 @@ class EngineProcess:
         """
         if self._failure is not None:
             raise self._failure
-        if pace < 0:
-            raise ValueError(f"pace must be >= 0 (0: as fast as answers come), got {pace}")
-        ids = [s.stream_id for s in streams]
-        if len(set(ids)) != len(ids):
-            raise ValueError("stream ids in one run must be unique")
-        chunks = {s.stream_id: list(s.chunks()) for s in streams}
-        for sid, items in chunks.items():
-            if not items or not items[-1].final or any(c.final for c in items[:-1]):
-                raise ValueError(f"stream {sid!r}: its chunks must end with exactly one final")
+        ids, chunks = stream_chunks(streams, pace)
         counters_before = self.counters()
-        forwards_before = counters_before.get(FORWARD_COUNTER)
         started = self.clock()
         offsets = {s.stream_id: float(s.start_offset_s) for s in streams}
         interval = {s.stream_id: s.chunk_seconds / pace if pace else 0.0 for s in streams}
@@ -391,16 +380,26 @@ class EngineProcess:
                     self._record_partial(self._parse_event(raw), records, awaiting, arrived)
                 last_progress = arrived
             self._watch({sid for sid in ids if awaiting[sid]}, last_progress)
+        return self._result(records, started, counters_before)
+
+    def _result(
+        self, records: dict[str, RequestRecord], started: float, counters_before: dict[str, int]
+    ) -> RunResult:
+        """A finished run: its end, the engine's counters now and the forwards it took."""
         ended = self.clock()
         counters = self.counters()
-        forwards_after = counters.get(FORWARD_COUNTER)
-        forwards = None
-        if forwards_before is not None and forwards_after is not None:
-            forwards = forwards_after - forwards_before
+        before, after = counters_before.get(FORWARD_COUNTER), counters.get(FORWARD_COUNTER)
+        forwards = after - before if before is not None and after is not None else None
         return RunResult(
-            self.name, records, started, ended, self.peak_rss_bytes, counters, forwards,
+            self.name,
+            records,
+            started,
+            ended,
+            self.peak_rss_bytes,
+            counters,
+            forwards,
             counters_before,
-        )  # fmt: skip
+        )
 
     def _record_partial(
         self,
