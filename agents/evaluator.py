@@ -62,9 +62,13 @@ class Hint:
     keyword: str  # matched against skills' metadata.triggers
     estimated_gain: float  # rough factor on the headline metric if fixed; ranks the hints
     evidence: str  # the numbers behind it
+    # the fix changes outputs within a tolerance (bf16, a CFG stride): the gates decide, and the
+    # planner tries every exact fix first, so the rounds show the exact gain apart
+    approximate: bool = False
 
     def describe(self) -> str:
-        return f"{self.keyword} (~{self.estimated_gain:.1f}x possible): {self.evidence}"
+        kind = ", approximate" if self.approximate else ""
+        return f"{self.keyword} (~{self.estimated_gain:.1f}x possible{kind}): {self.evidence}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +161,11 @@ def derive_hints(report: dict[str, Any], profile: dict[str, Any] | None = None) 
     stats = performance.get("workload_stats", {})
     if not math.isnan(_number(candidate.get("chunk_latency_ms_p50"))):
         return sorted(audio_hints(candidate, stats), key=lambda h: h.estimated_gain, reverse=True)
+    if not math.isnan(_number(candidate.get("image_latency_s_p50"))):
+        from agents.image_hints import image_hints
+
+        hints = image_hints(report, candidate)
+        return sorted(hints, key=lambda h: h.estimated_gain, reverse=True)
     hints = []
     per_forward = _number(candidate.get("tokens_per_forward"))
     acceptable = _number(stats.get("accepted_per_16_median"))

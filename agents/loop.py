@@ -90,7 +90,10 @@ class LoopState:
     cost_usd: float = 0.0
 
 
-HINT_TEXT = re.compile(r"^(?P<keyword>[\w-]+) \(~(?P<gain>[\d.]+)x possible\): (?P<evidence>.*)$")
+HINT_TEXT = re.compile(
+    r"^(?P<keyword>[\w-]+) \(~(?P<gain>[\d.]+)x possible(?P<approximate>, approximate)?\): "
+    r"(?P<evidence>.*)$"
+)
 
 
 def parse_hint(text: str) -> Hint:
@@ -98,7 +101,8 @@ def parse_hint(text: str) -> Hint:
     match = HINT_TEXT.match(text)
     if match is None:
         return Hint(text.split(" ")[0], 1.0, text)
-    return Hint(match["keyword"], float(match["gain"]), match["evidence"])
+    approximate = match["approximate"] is not None
+    return Hint(match["keyword"], float(match["gain"]), match["evidence"], approximate)
 
 
 def ab_cost(evaluation: Evaluation, seconds: float) -> tuple[float, float, int] | None:

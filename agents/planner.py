@@ -87,8 +87,9 @@ class Planner:
                 f"plateau: the last {PLATEAU_WINDOW} accepted ratios ({window}) are "
                 f"within {PLATEAU_SPREAD:.0%}; pivoting to a technique not yet done"
             )
-        # (rank, task); rank = (weighted gain, techniques it would also turn on, table order)
-        candidates: list[tuple[tuple[float, int, int], Task]] = []
+        # (rank, task); rank = (exact before approximate, weighted gain, techniques it would also
+        # turn on, table order)
+        candidates: list[tuple[tuple[int, float, int, int], Task]] = []
         for order, skill in enumerate(self.library.values()):
             status = state.statuses.get(skill.name, "todo")
             if status == "abandoned" or (self.needs_recipe and skill.recipe is None):
@@ -110,7 +111,8 @@ class Planner:
                 if status == "done":
                     why = f"tune {skill.name}: {hint.describe()}"
                 task = Task(state.round, skill.name, params, skill.size, why)
-                candidates.append(((gain * weight, covered, -order), task))
+                rank = (int(not hint.approximate), gain * weight, covered, -order)
+                candidates.append((rank, task))
         if state.last_failed_size is not None and candidates:
             smaller = [c for c in candidates if c[1].size < state.last_failed_size]
             if smaller:

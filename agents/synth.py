@@ -75,9 +75,12 @@ def open_workspace(config: LoopConfig, *, resume: bool) -> tuple[Workspace, int 
 
 
 def _workload_size(params: dict[str, Any]) -> float | None:
-    """What a run of the workload costs, relatively: its requests, or its seconds of audio."""
+    """What a run of the workload costs, relatively: its requests, its images, or its seconds
+    of audio."""
     if params.get("requests"):
         return float(params["requests"])
+    if params.get("prompts"):
+        return float(params["prompts"])
     if params.get("streams") and params.get("seconds"):
         return float(params["streams"]) * float(params["seconds"])
     return None

@@ -1,6 +1,7 @@
 """The ``vibeserve`` command: ``vibeserve serve ENGINE_DIR`` puts an OpenAI-compatible server in
-front of an engine directory (text completions, or for a speech engine and model audio streamed
-over the WebSocket /v1/audio/stream and files posted to /v1/audio/transcriptions).
+front of an engine directory (text completions; for a speech engine and model audio streamed
+over the WebSocket /v1/audio/stream and files posted to /v1/audio/transcriptions; for a
+text-to-image engine and model images from /v1/images/generations).
 
 Each subcommand is a function that adds its parser and sets its ``handler`` there;
 ``SUBCOMMANDS`` lists them, so a new subcommand is one more function in it. A handler reports bad
@@ -60,7 +61,10 @@ def add_serve_parser(subparsers: argparse._SubParsersAction) -> None:
         "/v1/chat/completions, /v1/models and /health; a speech engine and model (e.g. "
         "scenarios/streaming_asr/starter with --scale asr-tiny) at the WebSocket "
         "/v1/audio/stream (PCM16 16 kHz mono in, one transcript per chunk out) and "
-        "/v1/audio/transcriptions (a WAV file). Stop it with Ctrl-C or SIGTERM.",
+        "/v1/audio/transcriptions (a WAV file); a text-to-image engine and model (e.g. "
+        "scenarios/unified_multimodal/starter with --scale t2i-tiny) at "
+        "/v1/images/generations (OpenAI's body plus seed, num_inference_steps, guidance_scale "
+        "and probe_step; a PNG back as b64_json or image/png). Stop it with Ctrl-C or SIGTERM.",
     )
     parser.add_argument("engine_dir", metavar="ENGINE_DIR", type=Path, help="the engine to serve")
     model = parser.add_mutually_exclusive_group()
@@ -75,7 +79,8 @@ def add_serve_parser(subparsers: argparse._SubParsersAction) -> None:
         "--scale",
         metavar="NAME",
         help="a model vibeserve builds into the cache: tiny, cpu, hybrid-tiny, hybrid-cpu, "
-        f"asr-tiny or asr-cpu (speech). Default: {DEFAULT_SCALE}.",
+        "asr-tiny, asr-cpu (speech), t2i-tiny or t2i-cpu (text to image). "
+        f"Default: {DEFAULT_SCALE}.",
     )
     parser.add_argument(
         "--cache",

@@ -15,6 +15,12 @@ one ``Event`` carrying the whole transcript of the audio so far (``token_ids``, 
 start token) with ``payload={"type": "partial", "chunk": index}``, and the chunk marked ``final``
 (which may carry no samples) by one with ``"type": "final"`` and ``finished=True``, after which the
 stream is closed. Chunks of a stream arrive in order; streams interleave.
+
+Images (scenario ``unified_multimodal``) use ``add_image(ImageRequest)``: the engine denoises from
+the seed's noise over the request's schedule with classifier-free guidance and answers with one
+finished ``Event`` built by ``image_event``: the pixels, the latent after Euler step
+``probe_step``, the channel means of the latent after every step (the trajectory), the model calls
+it ran (and how many evaluated the unconditional branch) and its own per-stage timings.
 """
 
 from __future__ import annotations
@@ -202,6 +208,137 @@ def transcript_problem(chunk: AudioChunk, event: Event) -> str | None:
             "chunk's event finishes the stream"
         )
     return None
+
+
+@dataclass(frozen=True, slots=True)
+class ImageRequest:
+    """Text to image: ``steps`` schedule points (``steps - 1`` model calls), CFG ``guidance``."""
+
+    request_id: str
+    prompt: str
+    seed: int  # the initial noise: torch.randn from a CPU generator seeded with it
+    steps: int = 20
+    guidance: float = 5.0
+    probe_step: int = 0  # report the latent after this Euler step (0 = after the first call)
+
+    def __post_init__(self) -> None:
+        if self.steps < 2:
+            raise ValueError(
+                f"image request {self.request_id!r}: steps={self.steps}; a schedule needs at "
+                "least 2 points (one model call)"
+            )
+        if not 0 <= self.probe_step < self.steps - 1:
+            raise ValueError(
+                f"image request {self.request_id!r}: probe_step={self.probe_step} is not one of "
+                f"the {self.steps - 1} Euler steps (0..{self.steps - 2})"
+            )
+        if not self.guidance >= 0:
+            raise ValueError(
+                f"image request {self.request_id!r}: guidance={self.guidance} must be >= 0"
+            )
+
+    @property
+    def model_calls(self) -> int:
+        return self.steps - 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ImageRequest:
+        return cls(
+            request_id=str(data["request_id"]),
+            prompt=str(data["prompt"]),
+            seed=int(data["seed"]),
+            steps=int(data.get("steps", 20)),
+            guidance=float(data.get("guidance", 5.0)),
+            probe_step=int(data.get("probe_step", 0)),
+        )
+
+
+def image_event(
+    request_id: str,
+    pixels: Any,
+    *,
+    probe_latent: Any,
+    trajectory: list[list[float]],
+    model_calls: int,
+    uncond_calls: int,
+    timings_ms: dict[str, float] | None = None,
+) -> Event:
+    """The one event that answers an ``ImageRequest``.
+
+    ``pixels``: (H, W, 3) uint8 (numpy); ``probe_latent``: the (C, h, w) latent after Euler step
+    ``probe_step``; ``trajectory``: one list of C channel means of the latent after every step;
+    ``model_calls``: velocity evaluations run for this image; ``uncond_calls``: how many of them
+    evaluated the unconditional branch (fresh, not reused); ``timings_ms``: the engine's own
+    stage timings (e.g. encode, denoise, decode), reported, never trusted for speed.
+    """
+    import numpy as np
+
+    image = np.ascontiguousarray(pixels)
+    if image.dtype != np.uint8 or image.ndim != 3:
+        raise ValueError(f"pixels must be HxWxC uint8, got {image.dtype} {image.shape}")
+    probe = np.ascontiguousarray(probe_latent, dtype="<f4")
+    payload = {
+        "type": "image",
+        "shape": list(image.shape),
+        "pixels": base64.b64encode(image.tobytes()).decode("ascii"),
+        "probe_shape": list(probe.shape),
+        "probe_latent": base64.b64encode(probe.tobytes()).decode("ascii"),
+        "trajectory": [[float(x) for x in means] for means in trajectory],
+        "model_calls": int(model_calls),
+        "uncond_calls": int(uncond_calls),
+        "timings_ms": {str(k): float(v) for k, v in (timings_ms or {}).items()},
+    }
+    return Event(request_id, [], finished=True, payload=payload)
+
+
+def image_problem(request: ImageRequest, event: Event) -> str | None:
+    """Why ``event`` is not a well-formed answer to ``request``, or None (what it holds is for
+    the checkers to judge): the one rule the runner, the server and the endpoint client check."""
+    rid = request.request_id
+    payload = event.payload
+    if not event.finished or not isinstance(payload, dict) or payload.get("type") != "image":
+        return (
+            f"image {rid!r}: an image request is answered by one finished event whose payload "
+            f"comes from contract.image_event (type 'image'), got finished={event.finished}, "
+            f"payload type {None if not isinstance(payload, dict) else payload.get('type')!r}"
+        )
+    try:
+        decode_image(payload)
+        decode_probe(payload)
+    except (KeyError, TypeError, ValueError) as error:
+        return f"image {rid!r}: unreadable image payload ({error}); build it with image_event"
+    trajectory = payload.get("trajectory")
+    if not isinstance(trajectory, list) or not all(isinstance(m, list) for m in trajectory):
+        return f"image {rid!r}: trajectory must be a list of per-step lists of channel means"
+    for key in ("model_calls", "uncond_calls"):
+        if not isinstance(payload.get(key), int):
+            return f"image {rid!r}: payload[{key!r}] must be an int, got {payload.get(key)!r}"
+    return None
+
+
+def decode_image(payload: dict[str, Any]) -> Any:
+    """The (H, W, C) uint8 image of an image payload."""
+    import numpy as np
+
+    shape = tuple(int(x) for x in payload["shape"])
+    data = base64.b64decode(payload["pixels"])
+    if len(shape) != 3 or len(data) != int(np.prod(shape)):
+        raise ValueError(f"{len(data)} pixel bytes do not fill shape {shape}")
+    return np.frombuffer(data, dtype=np.uint8).reshape(shape)
+
+
+def decode_probe(payload: dict[str, Any]) -> Any:
+    """The float32 probe latent of an image payload."""
+    import numpy as np
+
+    shape = tuple(int(x) for x in payload["probe_shape"])
+    data = base64.b64decode(payload["probe_latent"])
+    if len(data) != 4 * int(np.prod(shape)):
+        raise ValueError(f"{len(data)} probe bytes do not fill float32 shape {shape}")
+    return np.frombuffer(data, dtype="<f4").reshape(shape)
 
 
 @runtime_checkable

@@ -22,6 +22,12 @@ message at the runner's schedule (the last chunk inside ``{"type": "finish", "au
 every chunk must be answered, in order, by one ``partial`` (the last: ``final``) message carrying
 the whole transcript's ``token_ids``. A server whose ``/v1/models`` card says
 ``"task": "transcription"`` is not probed with a text completion at start.
+
+Image requests (``run`` with ``ImageRequest``s, scenario unified_multimodal) go to a ``vibeserve
+serve`` server's ``/v1/images/generations`` (``response_format: b64_json``; the card says
+``"task": "text-to-image"``), one POST each at the runner's schedule: the reply's PNG (lossless)
+gives the pixels and its ``vibeserve`` field the rest of the payload, rebuilt as
+``contract.image_event`` builds it and checked by ``image_problem``.
 """
 
 from __future__ import annotations
@@ -29,7 +35,9 @@ from __future__ import annotations
 import base64
 import contextlib
 import http.client
+import io
 import json
+import math
 import os
 import queue
 import threading
@@ -39,7 +47,14 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-from pytest_vibeserve.contract import AudioChunk, Event, Request, transcript_problem
+from pytest_vibeserve.contract import (
+    AudioChunk,
+    Event,
+    ImageRequest,
+    Request,
+    image_problem,
+    transcript_problem,
+)
 from pytest_vibeserve.runner import (
     EngineFailure,
     Limits,
@@ -55,13 +70,21 @@ UNKNOWN_ID = -1  # a streamed position whose id the server did not send
 PROBE_PROMPT = (1, 2, 3, 4)
 AUDIO_STREAM_PATH = "/v1/audio/stream"  # vibeserve serve's WebSocket of one audio stream
 TRANSCRIPTION_TASK = "transcription"  # a /v1/models card's "task" for a speech model
+IMAGES_PATH = "/v1/images/generations"  # vibeserve serve's text-to-image route
+IMAGE_TASK = "text-to-image"  # a /v1/models card's "task" for an image model
+# an image reply's "vibeserve" fields beside the pixels, in contract.image_event's order
+IMAGE_FIELDS = ("probe_shape", "probe_latent", "trajectory", "model_calls", "uncond_calls")
 
 
 class Stream:
     """One streamed completion, read on its own thread; ``on_chunk`` gets (ids, logprobs, t)."""
 
     def __init__(
-        self, engine: EndpointEngine, request: Request, path: str, body: dict[str, Any]
+        self,
+        engine: EndpointEngine,
+        request: Request | ImageRequest,
+        path: str,
+        body: dict[str, Any],
     ) -> None:
         self.engine = engine
         self.request = request
@@ -146,6 +169,7 @@ class EndpointEngine:
         self.peak_rss_bytes = 0
         self.id_source: str | None = None
         self.serves_audio = False  # the served model transcribes speech (it takes no text)
+        self.serves_images = False  # the served model makes images (it takes no text)
         self._failure: EngineFailure | None = None
         self._streamed = True  # whether the run in progress streams
 
@@ -219,6 +243,8 @@ class EndpointEngine:
         card = next(m for m in cards if str(m.get("id")) == self.model)
         if card.get("task") == TRANSCRIPTION_TASK:  # a completion would reach a speech engine
             self.serves_audio = True
+        elif card.get("task") == IMAGE_TASK:  # ... or an image engine
+            self.serves_images = True
         else:
             self.id_source = LLAMA_CPP if self._is_llama_cpp() else self._probe_id_source()
         self.load_s = self.clock() - started
@@ -320,25 +346,54 @@ class EndpointEngine:
             body["response_format"] = request.response_format
         return "/v1/completions", body
 
+    def image_body(self, request: ImageRequest) -> tuple[str, dict[str, Any]]:
+        """The path and JSON body of one image (vibeserve serve's diffusers-style fields)."""
+        return IMAGES_PATH, {
+            "model": self.model,
+            "prompt": request.prompt,
+            "n": 1,
+            "response_format": "b64_json",
+            "seed": request.seed,
+            "num_inference_steps": request.steps,
+            "guidance_scale": request.guidance,
+            "probe_step": request.probe_step,
+        }
+
     def run(
         self,
-        requests: Sequence[Request],
+        requests: Sequence[Request | ImageRequest],
         *,
         concurrency: int | None = None,
         arrival_offsets_s: Sequence[float] | None = None,
         stream: bool = True,
     ) -> RunResult:
         """As ``EngineProcess.run``. ``stream=False`` asks for whole completions (every token then
-        arrives with the last): for servers that do not stream every token id."""
+        arrives with the last): for servers that do not stream every token id. ``ImageRequest``s
+        (all of the run's requests, or none) each get one whole reply."""
         if self._failure is not None:
             raise self._failure
-        if self.serves_audio:  # not a failure of the server: its audio streams still run
+        images = sum(isinstance(r, ImageRequest) for r in requests)
+        if images and images != len(requests):
+            raise ValueError("a run's requests are all text requests or all image requests")
+        served = None
+        if self.serves_audio:
+            served = f"transcribes speech ({TRANSCRIPTION_TASK})"
+        elif self.serves_images:
+            served = f"makes images ({IMAGE_TASK})"
+        if served is not None and not images:  # not a failure of the server: its own kind runs
             raise EngineFailure(
                 "load",
-                f"[{self.name} at {self.base_url}] the server's model {self.model!r} transcribes "
-                f"speech ({TRANSCRIPTION_TASK}); text requests need a server of a text model",
+                f"[{self.name} at {self.base_url}] the server's model {self.model!r} {served}; "
+                "text requests need a server of a text model",
             )
-        if self.id_source is None:
+        if images and not self.serves_images:
+            raise EngineFailure(
+                "load",
+                f"[{self.name} at {self.base_url}] the server's model {self.model!r} is no "
+                f"text-to-image model (its /v1/models card's task is not {IMAGE_TASK!r}); image "
+                "requests need `vibeserve serve` of an image engine and model (--scale t2i-tiny)",
+            )
+        if self.id_source is None and not images:
             raise RuntimeError("EndpointEngine.run() before start()")
         if arrival_offsets_s is not None and len(arrival_offsets_s) != len(requests):
             raise ValueError("arrival_offsets_s needs one offset per request")
@@ -361,11 +416,15 @@ class EndpointEngine:
                 now = self.clock()
                 while waiting and len(in_flight) < limit and started + offsets[waiting[0]] <= now:
                     request = requests[waiting.pop(0)]
-                    path, body = self.completion_body(request, stream=stream)
+                    if isinstance(request, ImageRequest):
+                        path, body = self.image_body(request)
+                    else:
+                        path, body = self.completion_body(request, stream=stream)
                     reader = Stream(self, request, path, body)
                     streams[request.request_id] = reader
+                    prompt_len = len(getattr(request, "prompt_token_ids", ()))
                     records[request.request_id] = RequestRecord(
-                        request.request_id, len(request.prompt_token_ids), self.clock()
+                        request.request_id, prompt_len, self.clock()
                     )
                     threading.Thread(
                         target=self._read_stream, args=(reader, inbox), daemon=True
@@ -379,7 +438,11 @@ class EndpointEngine:
                     last_progress = max(last_progress, at)
                     if kind == "error":
                         raise data
-                    self._record(streams[rid].request, records[rid], kind, data, at, in_flight)
+                    request = streams[rid].request
+                    if isinstance(request, ImageRequest):
+                        self._record_image(request, records[rid], kind, data, at, in_flight)
+                    else:
+                        self._record(request, records[rid], kind, data, at, in_flight)
                 self._watch(in_flight, last_progress)
         finally:
             for reader in streams.values():
@@ -699,6 +762,51 @@ class EndpointEngine:
         record.finished_at = at
         in_flight.discard(rid)
 
+    def _record_image(
+        self,
+        request: ImageRequest,
+        record: RequestRecord,
+        kind: str,
+        reply: Any,
+        at: float,
+        in_flight: set[str],
+    ) -> None:
+        """An image reply (kind "chunk": the whole JSON body; "done" follows) as the payload
+        ``EngineProcess.run`` records: the PNG's pixels and the reply's ``vibeserve`` fields."""
+        rid = request.request_id
+        if kind != "chunk":
+            if not record.payloads:
+                raise self.failure("protocol", f"image {rid!r}: the reply ended with no body")
+            record.finished_at = at
+            in_flight.discard(rid)
+            return
+        try:
+            extras = reply["vibeserve"]
+            pixels = _png_pixels(base64.b64decode(reply["data"][0]["b64_json"], validate=True))
+            shape = [int(x) for x in extras["shape"]]
+            if list(pixels.shape) != shape and pixels.size == math.prod(shape):
+                pixels = pixels.reshape(shape)  # a one-channel PNG decodes to H x W
+            if list(pixels.shape) != shape:
+                raise ValueError(f"the PNG is {pixels.shape}, the reply's shape {shape}")
+            payload = {
+                "type": "image",
+                "shape": shape,
+                "pixels": base64.b64encode(pixels.tobytes()).decode("ascii"),
+                **{key: extras[key] for key in IMAGE_FIELDS},
+                "timings_ms": extras.get("timings_ms") or {},
+            }
+        except (KeyError, IndexError, TypeError, ValueError, OSError) as error:
+            raise self.failure(
+                "protocol",
+                f"image {rid!r}: unreadable reply from {self.base_url}{IMAGES_PATH} ({error!r}); "
+                'it needs data[0].b64_json (a PNG) and the "vibeserve" payload fields '
+                f"shape, {', '.join(IMAGE_FIELDS)}: {json.dumps(reply)[:300]}",
+            ) from None
+        event = Event(rid, [], finished=True, payload=payload)
+        if (problem := image_problem(request, event)) is not None:
+            raise self.failure("protocol", problem)
+        record.payloads = [payload]
+
     def _record_llama_cpp(
         self, request: Request, record: RequestRecord, chunk: dict[str, Any], at: float
     ) -> None:
@@ -767,6 +875,17 @@ def _stream_message(chunk: AudioChunk) -> bytes | str:
     if chunk.pcm16:
         message["audio"] = base64.b64encode(chunk.pcm16).decode("ascii")
     return json.dumps(message)
+
+
+def _png_pixels(data: bytes) -> Any:
+    """The uint8 pixels of a PNG (numpy: H x W x C, or H x W for one channel)."""
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as image:
+        if image.format != "PNG" or image.mode not in ("L", "RGB", "RGBA"):
+            raise ValueError(f"not an 8-bit L, RGB or RGBA PNG: {image.format} {image.mode}")
+        return np.asarray(image)
 
 
 def _schema_of(response_format: dict[str, Any]) -> dict[str, Any]:

@@ -14,9 +14,10 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from pytest_vibeserve.contract import FORWARD_COUNTER
 from pytest_vibeserve.runner import RunResult
 
 PERCENTILES = (50, 90, 99)
@@ -44,6 +45,9 @@ METRICS: dict[str, tuple[str, bool]] = {
     "chunk_latency_ms_p99": ("ms", False),
     "real_time_factor": ("x", False),
     "realtime_streams": ("streams", True),
+    # images: request sent -> its image arrived
+    "image_latency_s_p50": ("s", False),
+    "image_latency_s_p90": ("s", False),
 }
 
 # The engine counter (optional) of prompt tokens served from a prefix cache instead of computed,
@@ -191,6 +195,22 @@ class RunMetrics:
     encoder_frames_per_audio_frame: float = math.nan
     cross_kv_frames_per_audio_frame: float = math.nan
     decode_rows_per_step: float = math.nan
+    # images (NaN for other runs): request sent -> image arrived, and the engine's own per-stage
+    # timings (its payloads' timings_ms, mean per image; reported, never trusted for the verdict)
+    image_latency_s_p50: float = math.nan
+    image_latency_s_p90: float = math.nan
+    image_latency_s_mean: float = math.nan
+    image_stages_ms: dict[str, float] = field(default_factory=dict)
+    # engine-reported work (IMAGE_COUNTERS; NaN: not reported), for hints only: token rows through
+    # the LM body, lm_head logit rows, input-path rows and per-row modulation loops per model
+    # call; VAE time taps per image (3: causal 3-D kernels over one frame, 1: 2-D); weight bits
+    body_tokens_per_call: float = math.nan
+    logit_rows_per_call: float = math.nan
+    input_rows_per_call: float = math.nan
+    modulation_loops_per_call: float = math.nan
+    vae_taps_per_image: float = math.nan
+    weight_bits: float = math.nan
+    uncond_per_call: float = math.nan  # unconditional rows evaluated per model call (CFG)
 
     def get(self, name: str) -> float:
         if name not in METRICS:
@@ -259,7 +279,40 @@ def compute_metrics(run: RunResult, slo: Slo | None = None) -> RunMetrics:
         forced_fraction=_per_output_token(run, FORCED_COUNTER, output_tokens),
         mask_ms_per_token=_per_output_token(run, MASK_MS_COUNTER, output_tokens),
         **_audio_metrics(run),
+        **_image_metrics(run),
     )
+
+
+def _image_metrics(run: RunResult) -> dict[str, Any]:
+    latencies, stages = [], {}
+    for record in run.records.values():
+        payload = record.payloads[-1] if record.payloads else None
+        if not payload or payload.get("type") != "image" or record.finished_at is None:
+            continue
+        latencies.append(record.finished_at - record.sent_at)
+        for stage, ms in (payload.get("timings_ms") or {}).items():
+            stages.setdefault(stage, []).append(float(ms))
+    if not latencies:
+        return {}
+
+    def per(counter: str, unit: str) -> float:
+        grown, units = run.counter_delta(counter), run.counter_delta(unit)
+        return grown / units if grown is not None and units else math.nan
+
+    bits = run.counters.get("weight_bits")
+    return {
+        "body_tokens_per_call": per("body_token_rows", FORWARD_COUNTER),
+        "logit_rows_per_call": per("logit_rows", FORWARD_COUNTER),
+        "input_rows_per_call": per("input_path_rows", FORWARD_COUNTER),
+        "modulation_loops_per_call": per("modulation_loops", FORWARD_COUNTER),
+        "vae_taps_per_image": per("vae_time_taps", "images"),
+        "uncond_per_call": per("uncond_calls", FORWARD_COUNTER),
+        "weight_bits": float(bits) if bits is not None else math.nan,
+        "image_latency_s_p50": percentile(latencies, 50),
+        "image_latency_s_p90": percentile(latencies, 90),
+        "image_latency_s_mean": sum(latencies) / len(latencies),
+        "image_stages_ms": {k: sum(v) / len(v) for k, v in stages.items()},
+    }
 
 
 def _audio_metrics(run: RunResult) -> dict[str, float]:

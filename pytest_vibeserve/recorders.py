@@ -129,6 +129,20 @@ class Checks:
         )
         return self.record(result)
 
+    def image_work(self, workload: Workload) -> Callable[[RunResult], str | None]:
+        """For ``vibeserve_perf.compare(audit=...)``: a measured image run whose engine counted
+        fewer model forwards than its images claim calls did not do the work it is timed on."""
+
+        def audit(run: RunResult) -> str | None:
+            from pytest_vibeserve.checkers.denoising import claimed_calls, forwards_problem
+
+            if self._context.is_endpoint(run.engine):
+                return None
+            payloads = [record.payloads[-1] for record in run.records.values() if record.payloads]
+            return forwards_problem(claimed_calls(payloads), run.forward_calls)
+
+        return audit
+
     def json_validity(self, workload: Workload) -> Callable[[RunResult], str]:
         """For ``vibeserve_perf.compare(validate=...)``: a run's document validity in a few
         words, recorded nowhere else and failing nothing."""
@@ -226,6 +240,50 @@ class Checks:
         from pytest_vibeserve.checkers.images import check_images
 
         return self.record(check_images(expected, actual, **kwargs))
+
+    def generated_images(self, workload: Workload, run: RunResult) -> CheckResult:
+        """Text to image: every image within the scenario's PSNR (dB) and SSIM of the fp32
+        reference's (``[correctness] min_psnr``, ``min_ssim``; 35 and 0.98 by default)."""
+        from pytest_vibeserve.checkers.images import check_images
+        from pytest_vibeserve.contract import decode_image
+
+        correctness = self._context.scenario.correctness
+        expected = {r.request_id: workload.expected[r.request_id].pixels for r in workload.images}
+        actual = {
+            rid: decode_image(record.payloads[-1])
+            for rid, record in run.records.items()
+            if record.payloads
+        }
+        return self.record(
+            check_images(
+                expected,
+                actual,
+                min_psnr=float(correctness.get("min_psnr", 35.0)),
+                min_ssim=float(correctness.get("min_ssim", 0.98)),
+            )
+        )
+
+    def denoising(self, workload: Workload, run: RunResult) -> CheckResult:
+        """Text to image: the full schedule ran with guidance (model calls, trajectory, probe
+        latent within ``[correctness] max_probe_error``/``max_trajectory_error``) and the
+        engine's forward counter covers the model calls its images claim."""
+        from pytest_vibeserve.checkers.denoising import check_denoising
+
+        correctness = self._context.scenario.correctness
+        payloads = {
+            rid: record.payloads[-1] for rid, record in run.records.items() if record.payloads
+        }
+        forwards = None if self._context.is_endpoint(run.engine) else run.forward_calls
+        return self.record(
+            check_denoising(
+                workload.images,
+                workload.expected,
+                payloads,
+                forward_calls=forwards,
+                max_probe_error=float(correctness.get("max_probe_error", 0.05)),
+                max_trajectory_error=float(correctness.get("max_trajectory_error", 0.05)),
+            )
+        )
 
     def words(self, expected: Mapping[str, str], actual: Mapping[str, str], **kwargs: Any):
         from pytest_vibeserve.checkers.words import check_word_overlap
@@ -329,6 +387,7 @@ class Perf:
         label: str = "",
         headline: bool = True,
         validate: Callable[[RunResult], str] | None = None,
+        audit: Callable[[RunResult], str | None] | None = None,
     ) -> PerformanceRecord:
         """Candidate vs baseline, alternating, plus the peers; recorded for the report.
 
@@ -337,7 +396,9 @@ class Perf:
         the first headline record. ``label`` names the workload in summary tables.
         ``validate(run)`` is called on every measured run and its word on each role's last one
         is reported beside the table (peers whose tokens are not the reference's, e.g. their own
-        grammar engines, are judged by it); it decides nothing."""
+        grammar engines, are judged by it); it decides nothing. ``audit(run)`` is called on every
+        measured run too, and a problem it names fails the test at once: numbers measured on a
+        run that did not do the work (e.g. answered from a cache) mean nothing."""
         from pytest_vibeserve.metrics import METRICS
 
         context = self._context
@@ -361,6 +422,8 @@ class Perf:
             run = bench.write(role, context.run(role, workload, cached=False))
             if validate is not None:
                 validity[role] = validate(run)
+            if audit is not None and (problem := audit(run)) is not None:
+                pytest.fail(f"{role}: a measured run is invalid: {problem}", pytrace=False)
             return run
 
         def runner(role: str):
@@ -394,7 +457,7 @@ class Perf:
             nodeid=self._nodeid,
             workload=workload.name,
             comparison=comparison,
-            roofline=self._session.roofline(context),
+            roofline=self._session.roofline(context, workload),
             engines={role: context.engine_source(role) for role in roles},
             workload_stats=dict(workload.stats),
             peers_skipped=skipped,

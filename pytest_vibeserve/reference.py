@@ -41,6 +41,17 @@ class ReferenceOutput:
         return ExpectedTokens(tokens=self.tokens, margins=self.margins)
 
 
+@dataclass(frozen=True, slots=True)
+class ReferenceImage:
+    """The reference's image for one ``ImageRequest`` and what the denoising checks compare."""
+
+    pixels: Any  # (H, W, 3) uint8 numpy
+    probe_latent: Any  # (C, h, w) float32 numpy: the latent after Euler step probe_step
+    trajectory: list[list[float]]  # per model call: channel means of the latent after it
+    trajectory_rms: list[float]  # per model call: the latent's RMS after it
+    seconds: float  # what the reference took for it (not a measurement of any engine)
+
+
 DEFAULT_BATCH = 16  # the reference CLI's default
 
 
@@ -191,36 +202,77 @@ class Reference:
             ]
         return outputs
 
-    def _compute_streams(
-        self, streams: Sequence[Any], keys: dict[str, str], per_second: float
+    def images(self, requests: Sequence[Any]) -> dict[str, ReferenceImage]:
+        """The reference image of each ``ImageRequest`` (reference_impls/showo2.py: the original
+        data flow in fp32), cached under a key of the model and everything that decides it."""
+        import numpy as np
+
+        keys = {}
+        for request in requests:
+            material = json.dumps(
+                [
+                    self.fingerprint,
+                    request.prompt,
+                    request.seed,
+                    request.steps,
+                    request.guidance,
+                    request.probe_step,
+                    "t2i-1",
+                ]
+            )
+            keys[request.request_id] = hashlib.sha256(material.encode()).hexdigest()[:32]
+        missing = [
+            r for r in requests if not (self.outputs_dir / f"{keys[r.request_id]}.json").exists()
+        ]
+        if missing:
+            started = time.perf_counter()
+            try:
+                self._compute_images(missing, keys)
+            finally:
+                self.computed_seconds += time.perf_counter() - started
+        outputs = {}
+        for request in requests:
+            data = json.loads((self.outputs_dir / f"{keys[request.request_id]}.json").read_text())
+            pixels = np.frombuffer(base64.b64decode(data["pixels"]), dtype=np.uint8)
+            probe = np.frombuffer(base64.b64decode(data["probe_latent"]), dtype="<f4")
+            outputs[request.request_id] = ReferenceImage(
+                pixels=pixels.reshape(data["shape"]),
+                probe_latent=probe.reshape(data["probe_shape"]),
+                trajectory=data["trajectory"],
+                trajectory_rms=data["trajectory_rms"],
+                seconds=float(data["seconds"]),
+            )
+        return outputs
+
+    def _compute_images(self, requests: Sequence[Any], keys: dict[str, str]) -> None:
+        def job(tmp: Path, index: int, group: list[Any]) -> list[str]:
+            requests_file = tmp / f"images-{index}.json"
+            requests_file.write_text(json.dumps([r.to_dict() for r in group]))
+            return ["reference_impls.showo2", "--model", str(self.model_dir), "--requests",
+                    str(requests_file)]  # fmt: skip
+
+        self._compute_in_groups(requests, keys, lambda r: r.request_id, job)
+
+    def _compute_in_groups(
+        self,
+        items: Sequence[Any],
+        keys: dict[str, str],
+        ident: Any,
+        job: Any,
     ) -> None:
-        # batch-1 generate barely gains from a second thread: on the cpu (the scale's threads
-        # > 1) the streams are shared among that many one-thread processes instead
+        """Compute ``items`` in reference processes (``job(tmp, index, group)`` gives a module
+        and its arguments; ``--out`` and ``--threads`` are added): on the cpu one 1-thread process
+        per thread of the scale (batch-1 work barely gains from a second thread), and store every
+        result each finished, even when another failed or the run was interrupted."""
         parallel = self.threads if self.device == "cpu" else 1
-        groups = [list(streams[i::parallel]) for i in range(min(parallel, len(streams)))]
+        groups = [list(items[i::parallel]) for i in range(min(parallel, len(items)))]
         threads = 1 if parallel > 1 else self.threads
         with tempfile.TemporaryDirectory(prefix="vibeserve-ref-") as tmp:
             jobs = []
             for index, group in enumerate(groups):
-                streams_file = Path(tmp) / f"streams-{index}.json"
                 out_file = Path(tmp) / f"out-{index}.json"
-                streams_file.write_text(
-                    json.dumps(
-                        [
-                            {
-                                "id": s.stream_id,
-                                "pcm16": base64.b64encode(s.pcm16).decode("ascii"),
-                                "chunk_samples": s.chunk_samples,
-                                "max_tokens_per_second": per_second,
-                            }
-                            for s in group
-                        ]
-                    )
-                )
-                command = [sys.executable, "-m", "reference_impls.asr"]
-                command += ["--model", str(self.model_dir), "--streams", str(streams_file)]
+                command = [sys.executable, "-m", *job(Path(tmp), index, group)]
                 command += ["--out", str(out_file), "--threads", str(threads)]
-                command += ["--device", self.device]
                 jobs.append((command, Path(tmp) / f"reference-{index}.log", out_file, group))
             try:
                 self._run_references(jobs, threads)
@@ -228,13 +280,36 @@ class Reference:
                 for _, _, out_file, group in jobs:
                     if not out_file.exists():
                         continue
-                    results = json.loads(out_file.read_text())  # every stream it finished
-                    for stream in group:
-                        if stream.stream_id in results:
-                            target = self.outputs_dir / f"{keys[stream.stream_id]}.json"
+                    results = json.loads(out_file.read_text())  # every item it finished
+                    for item in group:
+                        if ident(item) in results:
+                            target = self.outputs_dir / f"{keys[ident(item)]}.json"
                             partial = target.with_suffix(".tmp")
-                            partial.write_text(json.dumps(results[stream.stream_id]))
+                            partial.write_text(json.dumps(results[ident(item)]))
                             partial.replace(target)
+
+    def _compute_streams(
+        self, streams: Sequence[Any], keys: dict[str, str], per_second: float
+    ) -> None:
+        def job(tmp: Path, index: int, group: list[Any]) -> list[str]:
+            streams_file = tmp / f"streams-{index}.json"
+            streams_file.write_text(
+                json.dumps(
+                    [
+                        {
+                            "id": s.stream_id,
+                            "pcm16": base64.b64encode(s.pcm16).decode("ascii"),
+                            "chunk_samples": s.chunk_samples,
+                            "max_tokens_per_second": per_second,
+                        }
+                        for s in group
+                    ]
+                )
+            )
+            return ["reference_impls.asr", "--model", str(self.model_dir), "--streams",
+                    str(streams_file), "--device", self.device]  # fmt: skip
+
+        self._compute_in_groups(streams, keys, lambda s: s.stream_id, job)
 
     def _run_references(self, jobs: list[tuple[list[str], Path, Path, Any]], threads: int) -> None:
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1"}

@@ -60,8 +60,17 @@ def git_commit(path: Path) -> str:
     return done.stdout.strip() + ("+dirty" if dirty else "")
 
 
-def median_metrics(runs: list[RunMetrics]) -> dict[str, float]:
-    return {key: median([run.to_dict()[key] for run in runs]) for key in runs[0].to_dict()}
+def median_metrics(runs: list[RunMetrics]) -> dict[str, Any]:
+    """Each metric's median over the runs (a dict-valued one, e.g. stage timings, per key)."""
+    dicts = [run.to_dict() for run in runs]
+    summary: dict[str, Any] = {}
+    for key, first in dicts[0].items():
+        if isinstance(first, dict):
+            names = {name for d in dicts for name in d[key]}
+            summary[key] = {n: median([d[key][n] for d in dicts if n in d[key]]) for n in names}
+        else:
+            summary[key] = median([d[key] for d in dicts])
+    return summary
 
 
 def table_rows(record: PerformanceRecord) -> list[dict[str, Any]]:
@@ -74,7 +83,7 @@ def table_rows(record: PerformanceRecord) -> list[dict[str, Any]]:
         summary = median_metrics(role_runs)
         efficiency = None
         if record.roofline is not None:
-            efficiency = record.roofline.efficiency_pct(summary["output_tok_per_s"])
+            efficiency = record.roofline.efficiency_pct(summary)
         rows.append(
             {
                 "engine": role,
@@ -171,6 +180,36 @@ def performance_section(session: VibeSession) -> dict[str, Any] | None:
     }
 
 
+def _image_ceiling_lines(record: PerformanceRecord) -> list[str]:
+    """Images: the FLOP ceiling and each engine's distance from it, then its stage timings."""
+    roof = record.roofline
+    image = roof.image
+    minimal, reference = sum(image.minimal_flops.values()), sum(image.reference_flops.values())
+    lines = [
+        f"ceiling: {minimal / 1e9:.1f} GFLOP an image (exact minimal algorithm; the reference "
+        f"data flow runs {reference / 1e9:.1f}) / peak matmul {roof.limits.matmul_gflops:.0f} "
+        f"GFLOP/s fp32 = {image.fp32_s:.3f} s"
+        + (
+            ""
+            if math.isnan(image.bf16_s)
+            else f" (bf16: {roof.limits.matmul_bf16_gflops:.0f} GFLOP/s = {image.bf16_s:.3f} s)"
+        )
+        + f"; {roof.limits.threads} thread(s)"
+    ]
+    for row in table_rows(record):
+        p50 = row.get("image_latency_s_p50", math.nan)
+        if math.isnan(p50):
+            continue
+        stages = row.get("image_stages_ms") or {}
+        staged = ", ".join(f"{k} {v:.0f}" for k, v in stages.items())
+        lines.append(
+            f"image latency {row['engine']}: p50 {p50:.3f} s, p90 "
+            f"{row['image_latency_s_p90']:.3f} s = {image.fp32_s / p50:.1%} of the fp32 ceiling"
+            + (f"; engine-reported stages (ms): {staged}" if staged else "")
+        )
+    return lines
+
+
 def build_report(session: VibeSession, rootdir: Path) -> dict[str, Any]:
     options = session.options
     contexts = list(session.contexts.values())
@@ -179,8 +218,8 @@ def build_report(session: VibeSession, rootdir: Path) -> dict[str, Any]:
     headline = headline_record(session)
     if headline is not None and headline.roofline is not None:
         roofline = headline.roofline.to_dict()
-        tok_s = median([m.output_tok_per_s for m in headline.comparison.candidate_runs])
-        roofline["candidate_efficiency_pct"] = headline.roofline.efficiency_pct(tok_s)
+        summary = median_metrics(headline.comparison.candidate_runs)
+        roofline["candidate_efficiency_pct"] = headline.roofline.efficiency_pct(summary)
     report = {
         "report_version": REPORT_VERSION,
         "vibeserve_version": __version__,
@@ -260,7 +299,9 @@ def format_table(record: PerformanceRecord) -> list[str]:
                 for i, (value, (_, width)) in enumerate(zip(values, TABLE_COLUMNS, strict=True))
             )
         )
-    if record.roofline is not None:
+    if record.roofline is not None and record.roofline.image is not None:
+        lines.extend(_image_ceiling_lines(record))
+    elif record.roofline is not None:
         roof = record.roofline
         lines.append(
             f"roofline: {roof.model_bytes / 2**20:.0f} MiB of weights / "

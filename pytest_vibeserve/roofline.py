@@ -5,6 +5,10 @@ floor on time per token (the paper's "kernel-perfect ceiling"); ``2 * params`` F
 the peak matmul rate is the compute floor. Speculative or batched engines emit several tokens per
 weight read and can beat the batch-1 floor: an efficiency over 100% says exactly that.
 
+Images (scenario unified_multimodal) have a compute ceiling instead: the FLOPs of the exact
+minimal algorithm for one image over the peak matmul rate, in fp32 and in bf16 (the precision an
+engine may choose; the gates decide whether its images still pass).
+
 The probe runs in its own process with the engines' thread count, so the parent's state does not
 leak into the figures: ``python -m pytest_vibeserve.roofline --threads N --device cpu``.
 """
@@ -30,9 +34,31 @@ class MachineLimits:
     threads: int
     read_bandwidth_gbs: float  # GB/s (1e9), best of several full reads
     matmul_gflops: float  # fp32 GFLOP/s, best of several square matmuls
+    matmul_bf16_gflops: float = float("nan")  # the same in bf16 (AMX/tensor cores where present)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class ImageCeiling:
+    """One image's FLOPs per stage (exact minimal algorithm, and as the reference runs it) and
+    the time the minimal ones take at the measured peak."""
+
+    minimal_flops: dict[str, int]
+    reference_flops: dict[str, int]
+    fp32_s: float
+    bf16_s: float  # NaN where bf16 matmul was not measured
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "minimal_gflop": sum(self.minimal_flops.values()) / 1e9,
+            "reference_gflop": sum(self.reference_flops.values()) / 1e9,
+            "minimal_gflop_by_stage": {k: v / 1e9 for k, v in self.minimal_flops.items()},
+            "reference_gflop_by_stage": {k: v / 1e9 for k, v in self.reference_flops.items()},
+            "ceiling_fp32_s": self.fp32_s,
+            "ceiling_bf16_s": self.bf16_s,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,24 +67,50 @@ class Roofline:
     model_bytes: int
     decode_floor_ms: float  # batch-1 time per token if every weight byte is read once at peak
     roofline_tok_per_s: float
+    image: ImageCeiling | None = None  # image models: the compute ceiling per image
 
-    def efficiency_pct(self, tok_per_s: float) -> float:
+    def efficiency_pct(self, summary: dict[str, float] | float) -> float:
+        """How close a run's metrics (or a tok/s figure) come to the ceiling, in percent: tok/s
+        over the batch-1 roofline, or for images the fp32 ceiling over the p50 image latency."""
+        if self.image is not None and isinstance(summary, dict):
+            return 100.0 * self.image.fp32_s / summary["image_latency_s_p50"]
+        tok_per_s = summary["output_tok_per_s"] if isinstance(summary, dict) else summary
         return 100.0 * tok_per_s / self.roofline_tok_per_s
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data = {
             **self.limits.to_dict(),
             "model_bytes": self.model_bytes,
             "decode_floor_ms": self.decode_floor_ms,
             "roofline_tok_per_s": self.roofline_tok_per_s,
         }
+        if self.image is not None:
+            data["image"] = self.image.to_dict()
+        return data
 
 
-def roofline_for(limits: MachineLimits, model_bytes: int) -> Roofline:
+def roofline_for(
+    limits: MachineLimits,
+    model_bytes: int,
+    *,
+    minimal_flops: dict[str, int] | None = None,
+    reference_flops: dict[str, int] | None = None,
+) -> Roofline:
+    """``minimal_flops``/``reference_flops``: one image's FLOPs per stage (image models)."""
     if model_bytes <= 0:
         raise ValueError(f"model_bytes must be positive, got {model_bytes}")
     floor_s = model_bytes / (limits.read_bandwidth_gbs * 1e9)
-    return Roofline(limits, model_bytes, floor_s * 1000, 1 / floor_s)
+    image = None
+    if minimal_flops is not None:
+        total = sum(minimal_flops.values())
+        bf16 = limits.matmul_bf16_gflops
+        image = ImageCeiling(
+            dict(minimal_flops),
+            dict(reference_flops or {}),
+            total / (limits.matmul_gflops * 1e9),
+            total / (bf16 * 1e9) if bf16 > 0 else float("nan"),
+        )
+    return Roofline(limits, model_bytes, floor_s * 1000, 1 / floor_s, image)
 
 
 def _probe(device: str, threads: int, repeats: int = 5) -> MachineLimits:
@@ -75,21 +127,27 @@ def _probe(device: str, threads: int, repeats: int = 5) -> MachineLimits:
         sync()
         best_read = min(best_read, time.perf_counter() - start)
     del data
-    a = torch.randn(MATMUL_N, MATMUL_N, device=device)
-    b = torch.randn(MATMUL_N, MATMUL_N, device=device)
-    a @ b  # first call pays one-off setup
-    best_mm = float("inf")
-    for _ in range(repeats):
-        sync()
-        start = time.perf_counter()
-        a @ b
-        sync()
-        best_mm = min(best_mm, time.perf_counter() - start)
+
+    def best_matmul_s(dtype: torch.dtype) -> float:
+        a = torch.randn(MATMUL_N, MATMUL_N, device=device).to(dtype)
+        b = torch.randn(MATMUL_N, MATMUL_N, device=device).to(dtype)
+        a @ b  # first call pays one-off setup
+        best = float("inf")
+        for _ in range(repeats):
+            sync()
+            start = time.perf_counter()
+            a @ b
+            sync()
+            best = min(best, time.perf_counter() - start)
+        return best
+
+    flops = 2 * MATMUL_N**3
     return MachineLimits(
         device=device,
         threads=threads,
         read_bandwidth_gbs=BANDWIDTH_BYTES / best_read / 1e9,
-        matmul_gflops=2 * MATMUL_N**3 / best_mm / 1e9,
+        matmul_gflops=flops / best_matmul_s(torch.float32) / 1e9,
+        matmul_bf16_gflops=flops / best_matmul_s(torch.bfloat16) / 1e9,
     )
 
 

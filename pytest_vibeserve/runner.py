@@ -25,7 +25,9 @@ from pytest_vibeserve.contract import (
     AudioChunk,
     EngineSpec,
     Event,
+    ImageRequest,
     Request,
+    image_problem,
     transcript_problem,
 )
 from pytest_vibeserve.profiling import EngineProfile
@@ -270,12 +272,14 @@ class EngineProcess:
 
     def run(
         self,
-        requests: Sequence[Request],
+        requests: Sequence[Request | ImageRequest],
         *,
         concurrency: int | None = None,
         arrival_offsets_s: Sequence[float] | None = None,
     ) -> RunResult:
-        """Send ``requests`` (at most ``concurrency`` in flight, none before its arrival offset)."""
+        """Send ``requests`` (at most ``concurrency`` in flight, none before its arrival offset).
+
+        Text ``Request``s stream tokens; an ``ImageRequest`` is answered by one image event."""
         if self._failure is not None:
             raise self._failure
         if arrival_offsets_s is not None and len(arrival_offsets_s) != len(requests):
@@ -297,10 +301,11 @@ class EngineProcess:
             now = self.clock()
             while waiting and len(in_flight) < limit and started + offsets[waiting[0]] <= now:
                 request = requests[waiting.pop(0)]
+                prompt_len = len(getattr(request, "prompt_token_ids", ()))
                 records[request.request_id] = RequestRecord(
-                    request.request_id, len(request.prompt_token_ids), self.clock()
+                    request.request_id, prompt_len, self.clock()
                 )
-                self._send({"op": "add", "request": self._wire(request)})
+                self._send(self._wire(request))
                 in_flight.add(request.request_id)
                 last_progress = self.clock()
             timeout = 0.05
@@ -318,13 +323,16 @@ class EngineProcess:
             self._watch(in_flight, last_progress)
         return self._result(records, started, counters_before)
 
-    def _wire(self, request: Request) -> dict[str, Any]:
-        """The request as sent: a ``response_format`` reaches only an engine that lists that
-        capability (the contract's promise); one that does not decodes unconstrained."""
+    def _wire(self, request: Request | ImageRequest) -> dict[str, Any]:
+        """The command that sends the request: a ``response_format`` reaches only an engine that
+        lists that capability (the contract's promise); one that does not decodes
+        unconstrained."""
         data = request.to_dict()
+        if isinstance(request, ImageRequest):
+            return {"op": "image", "request": data}
         if data.get("response_format") is not None and "response_format" not in self.capabilities:
             data["response_format"] = None
-        return data
+        return {"op": "add", "request": data}
 
     def run_streams(self, streams: Sequence[Any], *, pace: float = 1.0) -> RunResult:
         """Push audio streams chunk by chunk; every chunk must be answered by one event.
@@ -429,11 +437,11 @@ class EngineProcess:
             record.finished_at = arrived
 
     # -- incremental driving (a server in front of the engine) -------------------------------
-    def submit(self, request: Request) -> None:
+    def submit(self, request: Request | ImageRequest) -> None:
         """Queue one request now; its events come back through ``poll``."""
         if self._failure is not None:
             raise self._failure
-        self._send({"op": "add", "request": self._wire(request)})
+        self._send(self._wire(request))
 
     def submit_audio(self, chunk: AudioChunk) -> None:
         """Queue one audio chunk now; the event answering it comes back through ``poll``."""
@@ -485,7 +493,7 @@ class EngineProcess:
         event: Event,
         records: dict[str, RequestRecord],
         in_flight: set[str],
-        by_id: dict[str, Request],
+        by_id: dict[str, Request | ImageRequest],
         arrived: float,
     ) -> None:
         rid = event.request_id
@@ -493,6 +501,13 @@ class EngineProcess:
             state = "finished" if rid in records else "unknown"
             raise self._fail("protocol", f"event for {state} request {rid!r}: {event}")
         record = records[rid]
+        if isinstance(request := by_id[rid], ImageRequest):
+            if (problem := image_problem(request, event)) is not None:
+                raise self._fail("protocol", problem)
+            record.payloads.append(event.payload)
+            record.finished_at = arrived
+            in_flight.discard(rid)
+            return
         record.token_ids.extend(event.token_ids)
         record.token_times.extend([arrived] * len(event.token_ids))
         if event.logprobs is not None:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from pytest_vibeserve.checkers.result import CheckResult
 from pytest_vibeserve.compare import Comparison
-from pytest_vibeserve.contract import EngineSpec
+from pytest_vibeserve.contract import EngineSpec, ImageRequest
 from pytest_vibeserve.metrics import Slo
 from pytest_vibeserve.options import Options
 from pytest_vibeserve.reference import DEFAULT_BATCH, Reference, materialize_model
@@ -325,11 +325,20 @@ class VibeSession:
             self._limits[key] = measure_limits(device, threads)
         return self._limits[key]
 
-    def roofline(self, context: ScenarioContext) -> Roofline:
+    def roofline(self, context: ScenarioContext, workload: Workload | None = None) -> Roofline:
+        """The machine's limits against the model: per token, or for an image model per image
+        of ``workload`` (its mean prompt length and schedule)."""
         from reference_impls.models import model_bytes
 
         limits = self.machine_limits(context.device, context.threads)
-        return roofline_for(limits, model_bytes(context.model_dir))
+        weights = model_bytes(context.model_dir)
+        images = [r for r in (workload.requests if workload else ()) if isinstance(r, ImageRequest)]
+        if not images:
+            return roofline_for(limits, weights)
+        from reference_impls.showo2_flops import image_flops
+
+        minimal, reference = image_flops(context.model_dir, images)
+        return roofline_for(limits, weights, minimal_flops=minimal, reference_flops=reference)
 
     def close(self) -> None:
         for context in self.contexts.values():

@@ -18,7 +18,14 @@ from pathlib import Path
 from typing import Any
 
 from pytest_vibeserve.channel import Channel, ChannelClosed
-from pytest_vibeserve.contract import FACTORY_NAME, AudioChunk, EngineSpec, Event, Request
+from pytest_vibeserve.contract import (
+    FACTORY_NAME,
+    AudioChunk,
+    EngineSpec,
+    Event,
+    ImageRequest,
+    Request,
+)
 
 
 def load_engine(engine_dir: Path, spec: EngineSpec) -> Any:
@@ -42,8 +49,9 @@ def load_engine(engine_dir: Path, spec: EngineSpec) -> Any:
         for name in ("step", "has_unfinished_requests", "counters")
         if not callable(getattr(engine, name, None))
     ]
-    if not any(callable(getattr(engine, name, None)) for name in ("add_request", "add_audio")):
-        missing.append("add_request (text) or add_audio (audio streams)")
+    adders = ("add_request", "add_audio", "add_image")
+    if not any(callable(getattr(engine, name, None)) for name in adders):
+        missing.append("add_request (text), add_audio (audio streams) or add_image (images)")
     if missing:
         raise TypeError(f"the engine from {FACTORY_NAME}() lacks method(s): {', '.join(missing)}")
     return engine
@@ -74,6 +82,15 @@ def serve(channel: Channel, engine_dir: Path) -> int:
                         )
                     with profiler.engine_call() if profiler is not None else nullcontext():
                         add_audio(AudioChunk.from_dict(command["chunk"]))
+                elif op == "image":
+                    add_image = getattr(engine, "add_image", None)
+                    if not callable(add_image):
+                        raise TypeError(
+                            "the engine has no add_image(request) method; an engine serving "
+                            "images must define it (see pytest_vibeserve/contract.py)"
+                        )
+                    with profiler.engine_call() if profiler is not None else nullcontext():
+                        add_image(ImageRequest.from_dict(command["request"]))
                 elif op == "counters":
                     channel.send({"type": "counters", "counters": dict(engine.counters())})
                 elif op == "shutdown":

@@ -8,8 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from pytest_vibeserve.contract import AUDIO_SAMPLE_RATE, AudioChunk, Request
-from pytest_vibeserve.reference import ReferenceOutput
+from pytest_vibeserve.contract import AUDIO_SAMPLE_RATE, AudioChunk, ImageRequest, Request
+from pytest_vibeserve.reference import ReferenceImage, ReferenceOutput
 
 
 def partial_key(stream_id: str, chunk: int) -> str:
@@ -67,11 +67,13 @@ class AudioStream:
 @dataclass(frozen=True, slots=True)
 class Workload:
     name: str  # unique within a session: runs are cached per (engine, workload name)
-    requests: tuple[Request, ...]
-    expected: dict[str, ReferenceOutput]
+    requests: tuple[Request | ImageRequest, ...]
+    # request id -> the reference's output: tokens (text), or an image (ImageRequest)
+    expected: dict[str, ReferenceOutput | ReferenceImage]
     concurrency: int | None = None  # at most this many in flight (closed loop); None: all at once
     arrival_offsets_s: tuple[float, ...] | None = None  # open loop: send times after the start
-    warmup: tuple[Request, ...] = ()  # run once per engine before any timed run, never measured
+    # run once per engine before any timed run, never measured
+    warmup: tuple[Request | ImageRequest, ...] = ()
     stats: dict[str, Any] = field(default_factory=dict)  # reported beside the results
     # request id -> facts the checks need beside the expected tokens (a sentinel the output must
     # echo, the request's kind): kept in the parent, never sent to an engine nor reported
@@ -96,4 +98,8 @@ class Workload:
 
     @property
     def output_tokens(self) -> int:
-        return sum(len(self.expected[r.request_id].tokens) for r in self.requests)
+        return sum(len(getattr(self.expected[r.request_id], "tokens", ())) for r in self.requests)
+
+    @property
+    def images(self) -> tuple[ImageRequest, ...]:
+        return tuple(r for r in self.requests if isinstance(r, ImageRequest))

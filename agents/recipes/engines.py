@@ -3,7 +3,8 @@
 No file, or a file without ``family``, is a predicted_outputs engine (``greedy_engine``, whose
 starter has no features file); ``"family": "hybrid"`` is a hybrid_ssm engine (``hybrid_engine``),
 ``"family": "serving"`` a standard one (``serving_engine``), ``"family": "json"`` a
-json_decoding one (``json_engine``) and ``"family": "asr"`` a streaming_asr one (``asr_engine``);
+json_decoding one (``json_engine``), ``"family": "asr"`` a streaming_asr one (``asr_engine``) and
+``"family": "image"`` a unified_multimodal one (``image_engine``);
 their starters ship the file.
 Recipes load, change and write features through here.
 """
@@ -13,7 +14,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from agents.recipes import asr_engine, greedy_engine, hybrid_engine, json_engine, serving_engine
+from agents.recipes import (
+    asr_engine,
+    greedy_engine,
+    hybrid_engine,
+    image_engine,
+    json_engine,
+    serving_engine,
+)
 from agents.recipes.greedy_engine import ENGINE_FILE, FEATURES_FILE, FeatureError
 
 Features = (
@@ -22,12 +30,14 @@ Features = (
     | serving_engine.ServingFeatures
     | json_engine.JsonFeatures
     | asr_engine.AsrFeatures
+    | image_engine.ImageFeatures
 )
 FAMILIES = {
     hybrid_engine.FAMILY: hybrid_engine.HybridFeatures,
     serving_engine.FAMILY: serving_engine.ServingFeatures,
     json_engine.FAMILY: json_engine.JsonFeatures,
     asr_engine.FAMILY: asr_engine.AsrFeatures,
+    image_engine.FAMILY: image_engine.ImageFeatures,
 }
 
 
@@ -63,6 +73,8 @@ def render_engine(features: Features) -> str:
         return json_engine.render_engine(features)
     if isinstance(features, asr_engine.AsrFeatures):
         return asr_engine.render_engine(features)
+    if isinstance(features, image_engine.ImageFeatures):
+        return image_engine.render_engine(features)
     return greedy_engine.render_engine(features)
 
 

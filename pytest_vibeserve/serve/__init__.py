@@ -16,7 +16,10 @@ Routes: ``GET /health``, ``GET /v1/models``, ``POST /v1/completions``, ``POST
 ``"task": "transcription"``) the WebSocket ``/v1/audio/stream`` (binary PCM16 16 kHz mono messages
 and a closing ``{"type": "finish"}`` in; one ``{"type": "partial" | "final", "chunk", "text",
 "token_ids"}`` per chunk out) and ``POST /v1/audio/transcriptions`` (a WAV file, OpenAI's form).
-``audio.py`` describes the audio protocol in full.
+``audio.py`` describes the audio protocol in full. For an image model (``"task":
+"text-to-image"``) ``POST /v1/images/generations`` (OpenAI's images API: ``b64_json`` or a raw
+``png`` body, plus ``seed``, ``num_inference_steps``, ``guidance_scale`` and ``probe_step``);
+``images.py`` describes it.
 """
 
 from pytest_vibeserve.serve.app import (
@@ -30,6 +33,7 @@ from pytest_vibeserve.serve.app import (
 from pytest_vibeserve.serve.audio import AudioRoutes, is_speech_model, parse_multipart, read_wav
 from pytest_vibeserve.serve.driver import AudioSession, EngineDriver
 from pytest_vibeserve.serve.errors import DEFAULT_LIMITS, GRACEFUL_SHUTDOWN_S, ApiError
+from pytest_vibeserve.serve.images import ImageRoutes, parse_image_body
 from pytest_vibeserve.serve.requests import Generation, RequestParser, ServedModel
 from pytest_vibeserve.serve.responses import Answer, Delta, Transcript
 
@@ -43,6 +47,7 @@ __all__ = [
     "Delta",
     "EngineDriver",
     "Generation",
+    "ImageRoutes",
     "RequestParser",
     "ServedModel",
     "Transcript",
@@ -51,6 +56,7 @@ __all__ = [
     "create_app",
     "hosted_engine",
     "is_speech_model",
+    "parse_image_body",
     "parse_multipart",
     "read_wav",
     "run_server",

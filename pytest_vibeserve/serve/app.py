@@ -1,6 +1,8 @@
 """The Starlette app, its routes, and the ways to run it (uvicorn, a thread for tests).
 
-The audio routes (``/v1/audio/stream``, ``/v1/audio/transcriptions``) live in ``audio.py``.
+The audio routes (``/v1/audio/stream``, ``/v1/audio/transcriptions``) live in ``audio.py``, the
+image route (``/v1/images/generations``) in ``images.py``. A server answers the routes of its
+model's kind (text, speech or image) and refuses the others with a 400 saying which it serves.
 """
 
 from __future__ import annotations
@@ -36,7 +38,8 @@ from pytest_vibeserve.serve.errors import (
     ApiError,
     _engine_error,
 )
-from pytest_vibeserve.serve.requests import RequestParser, ServedModel
+from pytest_vibeserve.serve.images import IMAGE_TASK, IMAGES_PATH, ImageRoutes
+from pytest_vibeserve.serve.requests import RequestParser, ServedModel, json_body
 from pytest_vibeserve.serve.responses import Answer, _sse
 
 log = logging.getLogger(__name__)
@@ -73,6 +76,8 @@ class _Routes:
             # vLLM's --task names: a client learns which routes answer before using one
             "task": "transcription" if self.speech else "generate",
         }
+        if self.model.makes_images:
+            card |= {"task": IMAGE_TASK, "image_size": self.model.image_size}
         return JSONResponse({"object": "list", "data": [card]})
 
     async def completions(self, request: HttpRequest) -> Response:
@@ -106,21 +111,7 @@ class _Routes:
             return error.response()
 
     async def _body(self, request: HttpRequest) -> dict[str, Any]:
-        try:
-            body = await request.json()
-        except ValueError:
-            raise ApiError(400, "the request body is not valid JSON") from None
-        if not isinstance(body, dict):
-            raise ApiError(400, "the request body must be a JSON object")
-        model = body.get("model")
-        if model is not None and model != self.model.name:
-            raise ApiError(
-                404,
-                f"the model {model!r} does not exist; this server serves {self.model.name!r}",
-                param="model",
-                kind="NotFoundError",
-            )
-        return body
+        return await json_body(request, self.model)
 
     async def _whole(self, answer: Answer, events: AsyncIterator[Event]) -> dict[str, Any]:
         token_ids: list[int] = []
@@ -172,14 +163,22 @@ def create_app(driver: EngineDriver, model: ServedModel, tokenizer: Any) -> Star
     """The OpenAI-compatible app answering from ``driver``'s engine, which must be started."""
     routes = _Routes(driver, model, tokenizer)
     audio = AudioRoutes(driver, model, tokenizer)
+    images = ImageRoutes(driver, model, speech=routes.speech)
+    if model.makes_images:  # no tokenizer, and an engine with add_image alone: refuse the rest
+        completions, chat = images.not_text, images.not_text
+        transcriptions, stream = images.not_audio, images.not_audio_stream
+    else:
+        completions, chat = routes.completions, routes.chat_completions
+        transcriptions, stream = audio.transcriptions, audio.stream
     return Starlette(
         routes=[
             Route("/health", routes.health, methods=["GET"]),
             Route("/v1/models", routes.models, methods=["GET"]),
-            Route("/v1/completions", routes.completions, methods=["POST"]),
-            Route("/v1/chat/completions", routes.chat_completions, methods=["POST"]),
-            Route(TRANSCRIPTIONS_PATH, audio.transcriptions, methods=["POST"]),
-            WebSocketRoute(STREAM_PATH, audio.stream),
+            Route("/v1/completions", completions, methods=["POST"]),
+            Route("/v1/chat/completions", chat, methods=["POST"]),
+            Route(TRANSCRIPTIONS_PATH, transcriptions, methods=["POST"]),
+            WebSocketRoute(STREAM_PATH, stream),
+            Route(IMAGES_PATH, images.generations, methods=["POST"]),
         ]
     )
 
@@ -196,10 +195,12 @@ def hosted_engine(
 
     Raises ``EngineFailure`` when the engine does not load.
     """
-    from transformers import AutoTokenizer
-
     model = ServedModel.from_dir(Path(spec.model_path), served_model_name)
-    tokenizer = AutoTokenizer.from_pretrained(spec.model_path)
+    tokenizer = None  # an image model has no tokenizer files: its prompts are UTF-8 bytes
+    if not model.makes_images:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(spec.model_path)
     process = EngineProcess(engine_dir, spec, limits=limits)
     try:
         process.start()

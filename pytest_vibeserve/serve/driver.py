@@ -1,8 +1,9 @@
 """The engine side: one thread owns the engine's worker process and routes its events.
 
-Text requests are routed by request id to the handler awaiting them (``generate``); audio streams
-by stream id (``open_stream``): each chunk a stream submits must be answered by exactly one event,
-in order, as the contract says, and an event that breaks that fails the engine.
+Text requests are routed by request id to the handler awaiting them (``generate``), and so are
+image requests (``generate_image``: one finished event each, checked by ``image_problem``); audio
+streams by stream id (``open_stream``): each chunk a stream submits must be answered by exactly one
+event, in order, as the contract says. An event that breaks these rules fails the engine.
 """
 
 from __future__ import annotations
@@ -17,7 +18,14 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pytest_vibeserve.contract import AudioChunk, Event, Request, transcript_problem
+from pytest_vibeserve.contract import (
+    AudioChunk,
+    Event,
+    ImageRequest,
+    Request,
+    image_problem,
+    transcript_problem,
+)
 from pytest_vibeserve.runner import EngineFailure, EngineProcess
 from pytest_vibeserve.serve.errors import POLL_S
 
@@ -28,7 +36,7 @@ log = logging.getLogger(__name__)
 class _Pending:
     """One request between its HTTP handler (on the event loop) and the driver thread."""
 
-    request: Request
+    request: Request | ImageRequest
     loop: asyncio.AbstractEventLoop
     queue: asyncio.Queue[Event | EngineFailure]
     emitted: int = 0
@@ -143,13 +151,7 @@ class EngineDriver:
         contract has no abort, so the driver keeps draining the request's events into a queue
         that nobody reads until the request finishes.
         """
-        pending = _Pending(request, asyncio.get_running_loop(), asyncio.Queue())
-        with self._lock:
-            failure = self._failure
-            if failure is None:
-                self._inbox.put(pending)
-        if failure is not None:
-            pending.deliver(failure)
+        pending = self._enqueue(request)
         while True:
             item = await pending.queue.get()
             if isinstance(item, EngineFailure):
@@ -157,6 +159,26 @@ class EngineDriver:
             yield item
             if item.finished:
                 return
+
+    async def generate_image(self, request: ImageRequest) -> Event:
+        """The one finished event answering ``request`` (checked by ``image_problem``); raises
+        ``EngineFailure``. A caller that stops waiting leaves the engine working: the contract has
+        no abort, and the driver drops the event when it comes."""
+        item = await self._enqueue(request).queue.get()
+        if isinstance(item, EngineFailure):
+            raise item
+        return item
+
+    def _enqueue(self, request: Request | ImageRequest) -> _Pending:
+        """Hand ``request`` to the driver thread (or, after a failure, the failure to it)."""
+        pending = _Pending(request, asyncio.get_running_loop(), asyncio.Queue())
+        with self._lock:
+            failure = self._failure
+            if failure is None:
+                self._inbox.put(pending)
+        if failure is not None:
+            pending.deliver(failure)
+        return pending
 
     def open_stream(self, stream_id: str) -> AudioSession:
         """A new audio stream (call it on the event loop); its first chunk opens it."""
@@ -208,6 +230,12 @@ class EngineDriver:
         if pending is None:
             raise self._failure_of("protocol", f"event for a request not in flight: {event}")
         request = pending.request
+        if isinstance(request, ImageRequest):  # the rule of EngineProcess.run: one event, whole
+            if (problem := image_problem(request, event)) is not None:
+                raise self._failure_of("protocol", problem)
+            del self._in_flight[event.request_id]
+            pending.deliver(event)
+            return
         pending.emitted += len(event.token_ids)
         if pending.emitted > request.max_new_tokens:
             raise self._failure_of(

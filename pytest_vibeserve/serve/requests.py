@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from starlette.requests import Request as HttpRequest
+
 from pytest_vibeserve.contract import Request
 from pytest_vibeserve.serve.errors import DEFAULT_MAX_TOKENS, MAX_LOGPROBS, ApiError
 
@@ -16,14 +18,31 @@ from pytest_vibeserve.serve.errors import DEFAULT_MAX_TOKENS, MAX_LOGPROBS, ApiE
 class ServedModel:
     name: str  # what clients put in "model"
     path: Path
-    max_model_len: int  # prompt plus output tokens
+    max_model_len: int  # prompt plus output tokens (an image model: prompt bytes)
     vocab_size: int
     created: int = field(default_factory=lambda: int(time.time()))
+    image_size: int | None = None  # a text-to-image model: the side of its square images, pixels
+
+    @property
+    def makes_images(self) -> bool:
+        """A text-to-image model: prompts are UTF-8 bytes, it has no tokenizer files."""
+        return self.image_size is not None
 
     @classmethod
     def from_dir(cls, model_dir: Path, name: str | None = None) -> ServedModel:
-        """The model in ``model_dir`` (its config.json), served as ``name`` (default: dir name)."""
+        """The model in ``model_dir`` (its config.json), served as ``name`` (default: dir name).
+
+        A config with a top-level ``image_size`` and ``max_text_tokens`` (``showo2-t2i``, built by
+        ``python -m reference_impls.models --scale t2i-tiny``) is a text-to-image model."""
         config = json.loads((Path(model_dir) / "config.json").read_text())
+        if "image_size" in config and "max_text_tokens" in config:
+            return cls(
+                name=name or Path(model_dir).name,
+                path=Path(model_dir),
+                max_model_len=int(config["max_text_tokens"]),
+                vocab_size=int(config.get("vocab_size", 256)),
+                image_size=int(config["image_size"]),
+            )
         text_config = config.get("text_config") or {}
         return cls(
             name=name or Path(model_dir).name,
@@ -90,6 +109,25 @@ def _bool_field(body: dict[str, Any], name: str) -> bool:
     if not isinstance(value, bool):
         raise ApiError(400, f"{name} must be true or false, got {value!r}", param=name)
     return value
+
+
+async def json_body(request: HttpRequest, model: ServedModel) -> dict[str, Any]:
+    """The request's JSON object; 400 for anything else, 404 when it names another model."""
+    try:
+        body = await request.json()
+    except ValueError:
+        raise ApiError(400, "the request body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "the request body must be a JSON object")
+    asked = body.get("model")
+    if asked is not None and asked != model.name:
+        raise ApiError(
+            404,
+            f"the model {asked!r} does not exist; this server serves {model.name!r}",
+            param="model",
+            kind="NotFoundError",
+        )
+    return body
 
 
 class RequestParser:

@@ -11,9 +11,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo root, f
 
 from agents.recipes.cli import Change, main_for
 from agents.recipes.greedy_engine import EngineFeatures
+from agents.recipes.image_engine import ImageFeatures
 
 
-def apply(features: EngineFeatures, params: dict) -> Change:
+def apply(features: EngineFeatures | ImageFeatures, params: dict) -> Change:
+    if isinstance(features, ImageFeatures):
+        return Change(
+            features.replace(dtype="bfloat16"),
+            summary="weights and activations in bfloat16 (the latent and the Euler update stay "
+            "fp32) instead of the reference's float32",
+            expected="~1.5x an image on a CPU with AMX-bf16 (measured 2.1-2.5 s -> 1.2-1.7 s on "
+            "the exact engine at the cpu scale) at 46-50 dB PSNR, probe error ~1e-2: inside the "
+            "gates (35 dB, 0.98 SSIM, 0.05) where the reference's own numerics are fp32",
+        )
     changes: dict = {"dtype": "bfloat16"}
     note = ""
     if features.matmul == "openblas":
@@ -30,4 +40,4 @@ def apply(features: EngineFeatures, params: dict) -> Change:
 
 
 if __name__ == "__main__":
-    main_for("bf16-weights", [], apply)
+    main_for("bf16-weights", [], apply, families=(EngineFeatures, ImageFeatures))

@@ -10,12 +10,32 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo root, f
 
 from agents.recipes.cli import Change, Param, main_for
 from agents.recipes.greedy_engine import EngineFeatures
+from agents.recipes.image_engine import ImageFeatures
 
 PARAMS = [Param("mode", "default", choices=("default", "freezing"))]
 
 
-def apply(features: EngineFeatures, params: dict) -> Change:
+def apply(features: EngineFeatures | ImageFeatures, params: dict) -> Change:
     mode = params["mode"]
+    if isinstance(features, ImageFeatures):
+        also = {} if features.prefix_cache else {"text-prefix-kv-reuse": {}}
+        return Change(
+            features.replace(
+                compile=True,
+                prefix_cache=True,
+                logits="drop",
+                tokens="trim",
+                modulation="vector",
+                shared_input=features.shared_input or not features.prefix_cache,
+            ),
+            summary="torch.compile of the velocity function (the text prefix padded to the "
+            "longest prompt, so every prompt runs one graph), warmed up at load on a throwaway "
+            "image: the load time, reported apart, carries the compile",
+            expected="measured at the cpu scale: 1.6-1.85 s against ~2.0 s an image uncompiled "
+            "(~5-8%), exact (PSNR > 88 dB); the warm-up took 25-55 s cold, paid at each engine "
+            "start, so it pays only for long-running servers",
+            also=also,
+        )
     note = "" if features.kv_cache == "static" else " (and a static KV cache, which it needs)"
     return Change(
         features.replace(compile=mode, kv_cache="static"),
@@ -27,4 +47,4 @@ def apply(features: EngineFeatures, params: dict) -> Change:
 
 
 if __name__ == "__main__":
-    main_for("torch-compile", PARAMS, apply)
+    main_for("torch-compile", PARAMS, apply, families=(EngineFeatures, ImageFeatures))
