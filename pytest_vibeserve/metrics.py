@@ -201,14 +201,17 @@ class RunMetrics:
     image_latency_s_p90: float = math.nan
     image_latency_s_mean: float = math.nan
     image_stages_ms: dict[str, float] = field(default_factory=dict)
-    # engine-reported work (IMAGE_COUNTERS; NaN: not reported), for hints only: token rows through
-    # the LM body, lm_head logit rows, input-path rows and per-row modulation loops per model
-    # call; VAE time taps per image (3: causal 3-D kernels over one frame, 1: 2-D); weight bits
+    # engine-reported work (NaN: not reported), for hints only: token rows through the LM body,
+    # lm_head logit rows, input-path rows, per-row modulation loops and masked padding keys per
+    # model call; VAE time taps per image (3: causal 3-D kernels over one frame, 1: 2-D); weight
+    # bits; whether the step is compiled
     body_tokens_per_call: float = math.nan
     logit_rows_per_call: float = math.nan
     input_rows_per_call: float = math.nan
     modulation_loops_per_call: float = math.nan
+    padded_keys_per_call: float = math.nan  # attended key slots that are masked prefix padding
     vae_taps_per_image: float = math.nan
+    compiled: float = math.nan  # 1: the engine runs a torch.compile'd step, 0: eager
     weight_bits: float = math.nan
     uncond_per_call: float = math.nan  # unconditional rows evaluated per model call (CFG)
 
@@ -299,15 +302,17 @@ def _image_metrics(run: RunResult) -> dict[str, Any]:
         grown, units = run.counter_delta(counter), run.counter_delta(unit)
         return grown / units if grown is not None and units else math.nan
 
-    bits = run.counters.get("weight_bits")
+    bits, compiled = run.counters.get("weight_bits"), run.counters.get("compiled")
     return {
         "body_tokens_per_call": per("body_token_rows", FORWARD_COUNTER),
         "logit_rows_per_call": per("logit_rows", FORWARD_COUNTER),
         "input_rows_per_call": per("input_path_rows", FORWARD_COUNTER),
         "modulation_loops_per_call": per("modulation_loops", FORWARD_COUNTER),
+        "padded_keys_per_call": per("padded_key_slots", FORWARD_COUNTER),
         "vae_taps_per_image": per("vae_time_taps", "images"),
         "uncond_per_call": per("uncond_calls", FORWARD_COUNTER),
         "weight_bits": float(bits) if bits is not None else math.nan,
+        "compiled": float(compiled) if compiled is not None else math.nan,
         "image_latency_s_p50": percentile(latencies, 50),
         "image_latency_s_p90": percentile(latencies, 90),
         "image_latency_s_mean": sum(latencies) / len(latencies),

@@ -217,6 +217,7 @@ class Reference:
                     request.steps,
                     request.guidance,
                     request.probe_step,
+                    self.device,
                     "t2i-1",
                 ]
             )
@@ -249,7 +250,7 @@ class Reference:
             requests_file = tmp / f"images-{index}.json"
             requests_file.write_text(json.dumps([r.to_dict() for r in group]))
             return ["reference_impls.showo2", "--model", str(self.model_dir), "--requests",
-                    str(requests_file)]  # fmt: skip
+                    str(requests_file), "--device", self.device]  # fmt: skip
 
         self._compute_in_groups(requests, keys, lambda r: r.request_id, job)
 

@@ -8,6 +8,7 @@ worker is always killed with its whole process group.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import subprocess
@@ -35,7 +36,19 @@ from pytest_vibeserve.profiling import EngineProfile
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 LOG_TAIL_CHARS = 4000
 # Variables an engine may inherit; everything else (API keys, tokens, cloud credentials) is dropped.
-INHERITED_ENV = ("PATH", "LANG", "LC_ALL", "TZ", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+INHERITED_ENV = (
+    "PATH",
+    "LANG",
+    "LC_ALL",
+    "TZ",
+    "OPENBLAS_CORETYPE",
+    "OPENBLAS_L2_SIZE",
+    # which accelerator the engine may use, and where its runtime lives (no secrets)
+    "CUDA_VISIBLE_DEVICES",
+    "CUDA_HOME",
+    "LD_LIBRARY_PATH",
+)
+COMPILE_CACHE_ROOT = "vibeserve-compile"  # under the system temp dir, one folder per engine code
 
 
 def stream_chunks(streams: Sequence[Any], pace: float) -> tuple[list[str], dict[str, list]]:
@@ -126,9 +139,30 @@ class RunResult:
         return self.ended_at - self.started_at
 
 
-def scrubbed_env(threads: int, home: Path) -> dict[str, str]:
+def compile_cache_dir(engine_dir: Path) -> Path:
+    """Where an engine's torch.compile artefacts (inductor, triton) live across its restarts: a
+    folder keyed by the engine's own code (every file in its directory but the cache-free
+    ``__pycache__``), so a restart of the same engine starts warm, as a deployed server's would,
+    while no other engine's code reads or writes it. Not under the vibeserve cache, whose
+    reference outputs an engine must not be pointed at."""
+    digest = hashlib.sha256()
+    root = Path(engine_dir)
+    for path in sorted(root.rglob("*")):
+        if path.is_file() and "__pycache__" not in path.parts:
+            digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
+    user = os.getuid() if hasattr(os, "getuid") else 0
+    base = Path(tempfile.gettempdir()) / f"{COMPILE_CACHE_ROOT}-{user}"
+    return base / digest.hexdigest()[:20]
+
+
+def scrubbed_env(threads: int, home: Path, compile_cache: Path | None = None) -> dict[str, str]:
     env = {name: os.environ[name] for name in INHERITED_ENV if name in os.environ}
     thread_count = str(threads)
+    if compile_cache is not None:
+        env.update(
+            TORCHINDUCTOR_CACHE_DIR=str(compile_cache / "inductor"),
+            TRITON_CACHE_DIR=str(compile_cache / "triton"),
+        )
     env.update(
         HOME=str(home),
         TMPDIR=str(home),
@@ -214,7 +248,7 @@ class EngineProcess:
                     str(child_write),
                 ],
                 cwd=self.engine_dir,
-                env=scrubbed_env(self.spec.threads, home),
+                env=scrubbed_env(self.spec.threads, home, compile_cache_dir(self.engine_dir)),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -98,9 +98,24 @@ class ScenarioContext:
     @property
     def model_dir(self) -> Path:
         if self._model_dir is None:
+            self._require_device()
             model = "path" if self.options.model is not None else self.scale.model
             self._model_dir = materialize_model(model, self.options.cache_dir, self.options.model)
         return self._model_dir
+
+    def _require_device(self) -> None:
+        """Fail before building a model or a reference for a device this machine lacks."""
+        if not self.device.startswith("cuda"):
+            return
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ScenarioError(
+                f"scenario {self.scenario.name!r} at scale {self.options.scale!r} runs on "
+                f"{self.device}, but torch here sees no CUDA device: run it on a machine with "
+                "a GPU, pick a cpu scale (--vibeserve-scale tiny or cpu), or force "
+                "--vibeserve-device cpu (slow at this scale)"
+            )
 
     @property
     def reference(self) -> Reference:

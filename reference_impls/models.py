@@ -4,8 +4,9 @@ Models by name: `tiny` (seeded random Llama, built offline in a second), `cpu`
 (SmolLM2-135M-Instruct from a PyPI wheel, converted to fp32 safetensors), `hybrid-tiny` and
 `hybrid-cpu` (seeded random NemotronH, Mamba2 + attention, see reference_impls/hybrid.py),
 `asr-tiny` and `asr-cpu` (seeded random MoonshineStreaming speech recognisers, see
-reference_impls/asr.py), `t2i-tiny` and `t2i-cpu` (seeded random Show-o2-style text-to-image models,
-see reference_impls/showo2.py), `gpu` (a checkpoint directory the user passes).
+reference_impls/asr.py), `t2i-tiny`, `t2i-cpu` and `t2i-gpu` (seeded random Show-o2-style
+text-to-image models, see reference_impls/showo2.py), `gpu` (a checkpoint directory the user
+passes).
 
     python -m reference_impls.models --scale tiny --cache-dir DIR [--model-path P]
 

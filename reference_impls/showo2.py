@@ -9,12 +9,20 @@ classifier-free guidance and a Wan2.1-style VAE decoder. Models by name:
   parameters plus a VAE decoder): seconds an image on two cores, the paper's data flow at a size
   this machine can run.
 
+- ``t2i-gpu``: 512x512 images (1,024 image tokens), hidden 1024, an 8-layer body and a 10-layer
+  flow head (about 306M parameters plus a 17M VAE decoder): the scenario's ``gpu`` scale, on cuda.
+
 A real Show-o2 checkpoint (Qwen2.5 body, SigLIP, Wan2.1 VAE) is not built here: its data flow is
-the same, but its weights need the original code; see the scenario's ``gpu`` scale.
+the same, but its weights need the original code; a directory converted to this layout
+(config.json, model.safetensors, modeling_showo2.py) runs at the ``gpu`` scale with
+``--vibeserve-model PATH``.
 
 Reference images run in a process of their own:
 
     python -m reference_impls.showo2 --model DIR --requests IN.json --out OUT.json [--threads N]
+        [--device cpu|cuda]
+
+On cuda the reference stays fp32: TF32 is turned off for matmuls and convolutions.
 
 IN.json: ``[{"request_id", "prompt", "seed", "steps", "guidance", "probe_step"}]``; OUT.json:
 ``{request_id: {"pixels": base64 uint8 HxWx3, "shape", "probe_latent": base64 float32,
@@ -79,6 +87,7 @@ class ImageRecipe:
 RECIPES = {
     "t2i-tiny": ImageRecipe("t2i-tiny", 64, 64, 2, 4, 2, 128, 2, 128, 1, 64, 8, 128),
     "t2i-cpu": ImageRecipe("t2i-cpu", 256, 256, 4, 4, 2, 768, 10, 512, 2, 256, 24, 128),
+    "t2i-gpu": ImageRecipe("t2i-gpu", 512, 1024, 8, 16, 4, 2816, 10, 4096, 2, 768, 64, 128),
 }
 
 
@@ -156,9 +165,11 @@ def load_modeling(model_dir: Path) -> Any:
     return module
 
 
-def generate_images(model_dir: Path, requests: list[dict[str, Any]], out_file: Path) -> None:
+def generate_images(
+    model_dir: Path, requests: list[dict[str, Any]], out_file: Path, device: str = "cpu"
+) -> None:
     modeling = load_modeling(model_dir)
-    model = modeling.load(model_dir)
+    model = modeling.load(model_dir, device)
     results: dict[str, Any] = json.loads(out_file.read_text()) if out_file.exists() else {}
     for request in requests:
         if request["request_id"] in results:
@@ -194,11 +205,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--requests", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
     import torch
 
     torch.set_num_threads(args.threads)
-    generate_images(args.model, json.loads(args.requests.read_text()), args.out)
+    if args.device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            parser.error(f"--device {args.device}: torch sees no CUDA device here; use cpu")
+        torch.backends.cuda.matmul.allow_tf32 = False  # the reference is fp32, not TF32
+        torch.backends.cudnn.allow_tf32 = False
+    generate_images(args.model, json.loads(args.requests.read_text()), args.out, args.device)
 
 
 if __name__ == "__main__":

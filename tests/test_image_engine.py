@@ -47,6 +47,7 @@ ALL_EXACT = ImageFeatures(
     modulation="vector",
     shared_input=True,
     prefix_cache=True,
+    attention="per_row",
     vae="conv2d",
 )
 EXACT = {
@@ -57,8 +58,9 @@ EXACT = {
     "vae-conv2d": ImageFeatures(vae="conv2d"),
     "shared-input": ImageFeatures(shared_input=True),
     "vector-modulation": ImageFeatures(modulation="vector"),
-    "all-but-prefix-cache": ALL_EXACT.replace(prefix_cache=False),
+    "all-but-prefix-cache": ALL_EXACT.replace(prefix_cache=False, attention="padded"),
     "all-exact": ALL_EXACT,
+    "all-exact-padded-attention": ALL_EXACT.replace(attention="padded"),
 }
 BF16 = {
     "starter-bf16": ImageFeatures(dtype="bfloat16"),
@@ -202,6 +204,8 @@ def test_the_starter_is_the_default_features_rendered(tmp_path):
         ({"modulation": "fused"}, "modulation='fused'; valid values: loop, vector"),
         ({"vae": "conv1d"}, "vae='conv1d'; valid values: conv3d, conv2d"),
         ({"shared_input": 1}, "shared_input=1; valid values: true, false"),
+        ({"attention": "flash"}, "attention='flash'; valid values: padded, per_row"),
+        ({"attention": "per_row"}, "attention='per_row' splits the cached prefixes' attention"),
         ({"threads": 0}, "threads=0; valid values: an integer >= 1"),
         ({"family": "asr"}, "this renderer draws 'image' engines"),
     ],
@@ -232,6 +236,7 @@ def valid_combinations():
         stride,
         comp,
         threads,
+        attention,
     ) in itertools.product(
         ("keep", "drop"),
         ("full", "trim"),
@@ -243,10 +248,11 @@ def valid_combinations():
         (1, 4),
         (False, True),
         (None, 2),
+        ("padded", "per_row"),
     ):
         if prefix and (logits, tokens, modulation) != ("drop", "trim", "vector"):
             continue
-        if comp and not prefix:
+        if (comp or attention == "per_row") and not prefix:
             continue
         yield ImageFeatures(
             logits=logits,
@@ -259,6 +265,7 @@ def valid_combinations():
             cfg_stride=stride,
             compile=comp,
             threads=threads,
+            attention=attention,
         )
 
 
@@ -277,6 +284,8 @@ def test_every_feature_combination_renders_code_that_compiles():
         assert ("model.lm_logits(hidden)" in source) == (f.logits == "keep" and not f.prefix_cache)
         assert ("def _head(" in source) == (f.modulation == "vector" and not f.prefix_cache)
         assert ("torch.compile(" in source) == f.compile
+        assert ("def _attend_rows(" in source) == (f.attention == "per_row")
+        assert ('"compiled": 1}' in source) == f.compile
         assert ("DTYPE = torch.bfloat16" in source) == (f.dtype == "bfloat16")
         assert f"CFG_STRIDE = {f.cfg_stride}  #" in source
         assert ("torch.set_num_threads(2)" in source) == (f.threads == 2)
@@ -286,8 +295,9 @@ def test_every_feature_combination_renders_code_that_compiles():
         assert ("import torch.nn.functional as F\n" in source) == bool(re.search(r"\bF\.", body))
         rendered.add(source)
     # 8 logits/tokens/modulation x 2 shared x 2 vae x 2 dtype x 2 stride x 2 threads without the
-    # prefix cache; with it: 2 shared x 2 vae x 2 dtype x 2 stride x 2 compile x 2 threads
-    assert count == 256 + 64
+    # prefix cache; with it: 2 shared x 2 vae x 2 dtype x 2 stride x 2 compile x 2 threads x 2
+    # attention
+    assert count == 256 + 128
     assert len(rendered) == count  # every combination is different code
 
 
@@ -303,8 +313,10 @@ def test_rendered_variants_pass_ruff(tmp_path):
         ImageFeatures(logits="drop", modulation="vector", threads=2),
         ImageFeatures(tokens="trim", shared_input=True, vae="conv2d", dtype="bfloat16"),
         ALL_EXACT.replace(compile=True),
+        ALL_EXACT.replace(compile=True, attention="padded"),
         ALL_EXACT.replace(compile=True, threads=2, dtype="bfloat16", cfg_stride=8),
         ALL_EXACT.replace(shared_input=False, vae="conv3d"),
+        ALL_EXACT.replace(attention="padded", cfg_stride=2),
     ]
     for index, features in enumerate(sample):
         write_engine(tmp_path / f"v{index}", features)
@@ -355,7 +367,14 @@ def test_every_exact_technique_keeps_the_reference_image(
     assert counters["vae_time_taps"] == (1 if features.vae == "conv2d" else 3) * len(REQUESTS)
     assert (counters["modulation_loops"] == 0) == (features.modulation == "vector")
     assert counters["weight_bits"] == 32
+    assert counters["compiled"] == 0
     config = modeling.ShowO2Config.load(t2i_tiny)
+    # padded attention: the unconditional row's [BOS][BOI] padded to the conditional prefix's
+    # length in every body and head layer, both rows every call; per-row attention pads nothing
+    layers = config.body_layers + config.head_layers
+    padded = sum((r.steps - 1) * (prefix_tokens(r) - 4) * layers for r in REQUESTS)
+    expected = padded if features.prefix_cache and features.attention == "padded" else 0
+    assert counters["padded_key_slots"] == expected
     if features.prefix_cache:  # time + image tokens per call, each image's prefixes once
         rows = n_calls * 2 * (config.image_tokens + 1) + sum(prefix_tokens(r) for r in REQUESTS)
     elif features.tokens == "trim":  # up to the conditional image block's end, both rows
@@ -491,17 +510,22 @@ def test_the_all_exact_engine_through_a_worker_process(tmp_path, t2i_tiny, model
 
 
 @pytest.mark.slow
-def test_the_compiled_engine_matches_and_compiles_once(tmp_path, t2i_tiny):
-    """Compiled at load (about a minute here) on a throwaway image whose prefix is padded to the
-    longest prompt: two prompts of other lengths then run that one graph, no recompile."""
+@pytest.mark.parametrize("attention", ["per_row", "padded"])
+def test_the_compiled_engine_matches_and_compiles_once(tmp_path, t2i_tiny, attention):
+    """Compiled at load (about a minute here), warmed up on throwaway images: per-row attention
+    on two prompt lengths (the second makes the prefix length dynamic), padded attention on one
+    prefix padded to the longest prompt. Two prompts of other lengths then run without a
+    recompile."""
     from torch._dynamo.utils import counters as dynamo_counters
 
-    requests = REQUESTS  # prompts of 21 and 3 bytes; the warm-up's is 7
-    plain = drive(load_engine(tmp_path / "plain", ALL_EXACT, t2i_tiny), requests)
+    requests = REQUESTS  # prompts of 21 and 3 bytes; the warm-up's are 7 and 28
+    features = ALL_EXACT.replace(attention=attention)
+    plain = drive(load_engine(tmp_path / "plain", features, t2i_tiny), requests)
     before = dynamo_counters["stats"]["unique_graphs"]
-    compiled_engine = load_engine(tmp_path / "compiled", ALL_EXACT.replace(compile=True), t2i_tiny)
+    compiled_engine = load_engine(tmp_path / "compiled", features.replace(compile=True), t2i_tiny)
     after_load = dynamo_counters["stats"]["unique_graphs"]
     assert after_load > before  # compiled (and warmed up) at load
+    assert compiled_engine.counters()["compiled"] == 1
     compiled = drive(compiled_engine, requests)
     compiled_again = drive(compiled_engine, requests[::-1])
     assert dynamo_counters["stats"]["unique_graphs"] == after_load  # no recompile per prompt

@@ -9,7 +9,13 @@ import math
 import pytest
 
 from agents.evaluator import Hint, derive_hints
-from agents.image_hints import GUIDANCE_GAIN, ROW_LOOP_GAIN, image_hints
+from agents.image_hints import (
+    COMPILE_GAIN,
+    GUIDANCE_GAIN,
+    PER_ROW_GAIN,
+    ROW_LOOP_GAIN,
+    image_hints,
+)
 from agents.loop import parse_hint
 from agents.planner import Planner, PlannerState
 from agents.skills import load_library
@@ -226,6 +232,39 @@ def test_a_report_without_a_roofline_still_gets_the_counter_hints():
     assert hints["vae-3d-conv"].estimated_gain > 1  # from the stage timings alone
 
 
+def test_padded_prefix_attention_gets_its_exact_hint():
+    """An engine that caches the prefixes but batches both rows' attention over the padded
+    shorter prefix (its counter: masked keys per call) is told so; per-row attention has none."""
+    padded = 14.0 * (TEXT + 2 - 2)  # the unconditional row's padding, every body + head layer
+    candidate = row(**ALL_EXACT, padded_keys_per_call=padded, compiled=0.0)
+    hints = by_keyword(image_hints(report(candidate), candidate))
+    assert set(hints) == {"padded-attention"} | APPROXIMATE_KEYWORDS  # no compile hint yet
+    assert not hints["padded-attention"].approximate
+    assert hints["padded-attention"].estimated_gain == PER_ROW_GAIN
+    assert "560 masked padding keys" in hints["padded-attention"].evidence
+    per_row = row(**ALL_EXACT, padded_keys_per_call=0.0)
+    assert "padded-attention" not in by_keyword(image_hints(report(per_row), per_row))
+
+
+def test_compile_is_hinted_once_the_data_flow_is_minimal_and_the_step_is_eager():
+    eager = row(**ALL_EXACT, padded_keys_per_call=0.0, compiled=0.0)
+    data = report(eager)
+    data["roofline"]["candidate_efficiency_pct"] = 51.5
+    hints = by_keyword(image_hints(data, eager))
+    assert set(hints) == {"compile-candidate"} | APPROXIMATE_KEYWORDS
+    assert not hints["compile-candidate"].approximate
+    assert hints["compile-candidate"].estimated_gain == COMPILE_GAIN
+    assert "52% of the exact algorithm's ceiling" in hints["compile-candidate"].evidence
+    # compiled already, or compile state not reported: no hint
+    for compiled in (1.0, None):
+        candidate = row(**ALL_EXACT, compiled=compiled)
+        assert "compile-candidate" not in by_keyword(image_hints(report(candidate), candidate))
+    # an eager starter has bigger exact fixes first: compile waits for them
+    starter = row(compiled=0.0)
+    keywords = set(by_keyword(image_hints(report(starter), starter)))
+    assert keywords == EXACT_KEYWORDS | APPROXIMATE_KEYWORDS
+
+
 # --------------------------------------------------------------------------------------------------
 # describe / parse_hint
 
@@ -277,6 +316,8 @@ def test_the_library_holds_a_skill_for_every_image_hint(library):
     assert EXACT_KEYWORDS | APPROXIMATE_KEYWORDS <= triggers
     assert "fp32-compute" in library["bf16-weights"].triggers
     assert "guidance-cost" in library["cfg-stride"].triggers
+    assert "padded-attention" in library["text-prefix-kv-reuse"].triggers
+    assert "compile-candidate" in library["torch-compile"].triggers
 
 
 def test_an_exact_skill_goes_before_bf16_even_at_a_smaller_gain(library):
@@ -314,13 +355,19 @@ def test_the_starter_report_plans_exact_skills_first_then_bf16_then_cfg_stride(l
     }
     statuses = {name: "done" for name in exact_skills}
     tried = frozenset((name, ()) for name in exact_skills)
-    candidate = row(**ALL_EXACT)
+    # the exact data flow is minimal but eager: compile, an exact step, before bf16
+    candidate = row(**ALL_EXACT, compiled=0.0)
+    eager = derive_hints(report(candidate))
+    assert plan(library, eager, statuses, tried).task.skill == "torch-compile"
+    statuses["torch-compile"] = "done"
+    tried |= {("torch-compile", (("mode", "default"),))}
+    candidate = row(**ALL_EXACT, compiled=1.0)
     approximate_only = derive_hints(report(candidate))
     assert all(h.approximate for h in approximate_only)
     assert plan(library, approximate_only, statuses, tried).task.skill == "bf16-weights"
     statuses["bf16-weights"] = "done"
     tried |= {("bf16-weights", ())}
-    candidate = row(**ALL_EXACT, weight_bits=16.0)
+    candidate = row(**ALL_EXACT, weight_bits=16.0, compiled=1.0)
     after_bf16 = plan(library, derive_hints(report(candidate)), statuses, tried)
     assert (after_bf16.task.skill, after_bf16.task.params) == ("cfg-stride", {"stride": 2})
 

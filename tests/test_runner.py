@@ -10,7 +10,7 @@ import pytest
 
 from pytest_vibeserve.contract import EngineSpec, Request
 from pytest_vibeserve.metrics import compute_metrics
-from pytest_vibeserve.runner import EngineFailure, EngineProcess, Limits
+from pytest_vibeserve.runner import EngineFailure, EngineProcess, Limits, compile_cache_dir
 
 COUNTING_ENGINE = """
 from pytest_vibeserve.contract import Event
@@ -89,6 +89,37 @@ def test_engine_sees_no_secrets(tmp_path, monkeypatch):
     )
     engine_dir = make_engine(tmp_path, factory_extra=leak)
     with EngineProcess(engine_dir, EngineSpec("unused", threads=3), limits=FAST) as engine:
+        assert engine.run(requests(1)).outputs["r0"] == [1, 2, 3, 4]
+
+
+def test_engine_compile_cache_is_keyed_by_its_code_and_kept_across_restarts(tmp_path):
+    """torch.compile's caches (inductor, triton) point at a folder of the engine's own code:
+    a restart of the same engine finds what its first start compiled; another engine (one byte
+    of code apart) gets another folder; the folder is not under the engine's per-process home
+    (deleted at close) nor under the vibeserve cache (reference outputs)."""
+    report = (
+        "import os, pathlib\n    "
+        "pathlib.Path('seen.txt').write_text(os.environ['TORCHINDUCTOR_CACHE_DIR'] + '\\n' + "
+        "os.environ['TRITON_CACHE_DIR'] + '\\n' + os.environ['HOME'])"
+    )
+    engine_dir = make_engine(tmp_path, factory_extra=report)
+    first = compile_cache_dir(engine_dir)
+    with EngineProcess(engine_dir, EngineSpec("x"), limits=FAST) as engine:
+        engine.run(requests(1))
+    inductor, triton, home = (engine_dir / "seen.txt").read_text().splitlines()
+    assert (Path(inductor), Path(triton)) == (first / "inductor", first / "triton")
+    assert not Path(inductor).is_relative_to(home)
+    (engine_dir / "seen.txt").unlink()  # the engine's folder as it was: the same key again
+    assert compile_cache_dir(engine_dir) == first
+    (engine_dir / "engine.py").write_text((engine_dir / "engine.py").read_text() + "\n# v2\n")
+    assert compile_cache_dir(engine_dir) != first
+    assert compile_cache_dir(engine_dir).parent == first.parent
+
+
+def test_engine_sees_which_gpus_it_may_use(tmp_path, monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
+    check = "import os\n    assert os.environ.get('CUDA_VISIBLE_DEVICES') == '1', os.environ"
+    with EngineProcess(make_engine(tmp_path, factory_extra=check), EngineSpec("x")) as engine:
         assert engine.run(requests(1)).outputs["r0"] == [1, 2, 3, 4]
 
 

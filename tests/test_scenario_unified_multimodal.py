@@ -19,6 +19,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 HERE = Path(__file__).resolve().parent
 SCENARIO = HERE.parent / "scenarios" / "unified_multimodal"
 ENGINES = HERE / "engines"
@@ -91,6 +93,24 @@ def test_starter_passes_every_check_and_is_measured(pytester, vibeserve_cache):
             "*image latency candidate: p50 * s, p90 * s = *% of the fp32 ceiling*",
         ]
     )
+
+
+def test_the_gpu_scale_without_a_gpu_names_the_fix_and_builds_nothing(pytester, tmp_path):
+    """The gpu scale (t2i-gpu, ~320M parameters, cuda) on a machine whose torch sees no CUDA
+    device: every test errors naming the device and the options that fix it, before anything
+    is built."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA device: the gpu scale would run")
+    cache = tmp_path / "cache"
+    result, _ = run_scenario(pytester, cache, "--vibeserve-scale", "gpu", "-k", "correctness")
+    assert result.ret != 0
+    result.stdout.fnmatch_lines(
+        ["*at scale 'gpu' runs on cuda, but torch here sees no CUDA device*--vibeserve-scale*"]
+    )
+    built = list((cache / "models").glob("t2i-gpu-*")) if (cache / "models").exists() else []
+    assert built == []
 
 
 def test_cut_steps_are_rejected_by_their_model_calls(pytester, vibeserve_cache):

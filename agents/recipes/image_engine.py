@@ -15,6 +15,10 @@ selecting real code in the rendered file:
 - ``prefix_cache``: the text prefix's keys/values in the body and the flow head computed once per
   image, each step running only the time + image tokens (implies no logits, no trailing tokens
   and broadcast modulation, which its own layer code does).
+- ``attention``: with ``prefix_cache``, how a step's block attends to the cached prefixes:
+  ``padded`` (both rows in one masked call, the unconditional row's short prefix padded to the
+  conditional one's length) or ``per_row`` (one unmasked call per row over its own prefix: no
+  padded keys, and the unmasked kernel is faster).
 - ``vae``: ``conv3d`` (the causal 3-D kernels over two zero frames and the real one) or
   ``conv2d`` (their last time tap alone: the same single-frame result).
 - ``dtype``: ``float32`` (exact) or ``bfloat16`` (weights and activations; the latent and the
@@ -23,7 +27,8 @@ selecting real code in the rendered file:
   reusing its last velocity in between (approximate, the gates decide).
 - ``compile``: ``torch.compile`` of the velocity function, warmed up at load on a throwaway image
   (the load time is reported apart from the latency); needs ``prefix_cache``, whose prefix is
-  then padded to the longest prompt the model takes, so every prompt runs one graph.
+  then padded to the longest prompt the model takes, so every prompt runs one graph (and
+  attention stays ``padded``).
 - ``threads``: None = the harness's ``spec.threads``, N = ``torch.set_num_threads(N)``.
 """
 
@@ -42,6 +47,7 @@ TEMPLATE = Path(__file__).with_name("image_engine.tmpl")
 LOGITS = ("keep", "drop")
 TOKENS = ("full", "trim")
 MODULATION = ("loop", "vector")
+ATTENTION = ("padded", "per_row")
 VAES = ("conv3d", "conv2d")
 DTYPES = ("float32", "bfloat16")
 MAX_CFG_STRIDE = 8
@@ -55,6 +61,7 @@ class ImageFeatures(FamilyFeatureSet):
     modulation: str = "loop"
     shared_input: bool = False
     prefix_cache: bool = False
+    attention: str = "padded"
     vae: str = "conv3d"
     dtype: str = "float32"
     cfg_stride: int = 1
@@ -68,6 +75,7 @@ class ImageFeatures(FamilyFeatureSet):
             ("logits", LOGITS),
             ("tokens", TOKENS),
             ("modulation", MODULATION),
+            ("attention", ATTENTION),
             ("vae", VAES),
             ("dtype", DTYPES),
         ):
@@ -85,6 +93,11 @@ class ImageFeatures(FamilyFeatureSet):
             raise FeatureError(
                 "compile needs prefix_cache: its step has one shape for every prompt (the full "
                 "path's sequence length varies with the prompt, a recompile each)"
+            )
+        if self.attention == "per_row" and not self.prefix_cache:
+            raise FeatureError(
+                "attention='per_row' splits the cached prefixes' attention by row: set "
+                "prefix_cache=true with it (the full path attends over one padded sequence)"
             )
         if self.prefix_cache and (
             self.logits != "drop" or self.tokens != "trim" or self.modulation != "vector"
@@ -110,6 +123,7 @@ def render_engine(features: ImageFeatures) -> str:
         "vector_modulation": f.modulation == "vector" and not f.prefix_cache,
         "shared_input": f.shared_input,
         "prefix_cache": f.prefix_cache,
+        "per_row": f.attention == "per_row",
         "vae_2d": f.vae == "conv2d",
         "bf16": f.dtype == "bfloat16",
         "compile": f.compile,
@@ -130,6 +144,12 @@ def _story(f: ImageFeatures) -> str:
             "and values of [BOS] text [BOI] once (for both guidance rows); every step then runs "
             "only the time token and the image tokens, attending to them. No logits, no trailing "
             "tokens."
+            + (
+                " Each row's block attends to its own prefix in its own unmasked call (no "
+                "padded keys)."
+                if f.attention == "per_row"
+                else " Both rows attend in one masked call, the shorter prefix padded."
+            )
         )
     else:
         paragraphs.append(

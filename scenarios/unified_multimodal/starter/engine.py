@@ -2,7 +2,7 @@
 text and image-latent tokens, a flow head, classifier-free guidance, Euler steps, a VAE).
 
 Features: logits=keep tokens=full modulation=loop shared_input=False prefix_cache=False
-    vae=conv3d dtype=float32 cfg_stride=1 compile=False threads=None
+    attention=padded vae=conv3d dtype=float32 cfg_stride=1 compile=False threads=None
 
 Every step runs both guidance rows through the body and the flow head over the whole padded
 sequence, as the original does. The lm_head logits are computed and discarded.
@@ -47,6 +47,7 @@ class ImageEngine:
     def __init__(self, spec: EngineSpec) -> None:
         torch.set_num_threads(spec.threads)
         self.m = load_modeling(Path(spec.model_path))
+        self.device = torch.device(spec.device)
         self.model = self.m.load(spec.model_path, spec.device).to(DTYPE)
         self.config = self.model.config
         self.waiting: deque[ImageRequest] = deque()
@@ -54,7 +55,7 @@ class ImageEngine:
         # the body per model call, logit rows, input-path rows, VAE time taps, per-row loops
         self.stats = dict.fromkeys(
             ("model_forward_calls", "images", "uncond_calls", "body_token_rows", "logit_rows",
-             "input_path_rows", "vae_time_taps", "modulation_loops"),
+             "input_path_rows", "vae_time_taps", "modulation_loops", "padded_key_slots"),
             0,
         )  # fmt: skip
 
@@ -66,7 +67,7 @@ class ImageEngine:
         return bool(self.waiting)
 
     def counters(self) -> dict[str, int]:
-        return {**self.stats, "weight_bits": torch.finfo(DTYPE).bits}
+        return {**self.stats, "weight_bits": torch.finfo(DTYPE).bits, "compiled": 0}
 
     def step(self) -> list[Event]:
         return [self._generate(self.waiting.popleft())]
@@ -79,14 +80,15 @@ class ImageEngine:
         text = m.text_tokens(request.prompt, cfg)
         rows = [m.layout(text, cfg), m.layout([], cfg)]
         length = cfg.seq_len
-        ids = torch.tensor([r.ids[:length] for r in rows])
-        mask = m.attention_mask(rows, cfg.seq_len, DTYPE)[:, :, :length, :length]
-        positions = torch.arange(length)[None].expand(2, -1)
+        ids = torch.tensor([r.ids[:length] for r in rows], device=self.device)
+        mask = m.attention_mask(rows, cfg.seq_len, DTYPE)[:, :, :length, :length].to(self.device)
+        positions = torch.arange(length, device=self.device)[None].expand(2, -1)
         blocks = [slice(r.time_slot, r.image_end) for r in rows]
         state = (rows, ids, mask, positions, blocks)
-        sigmas = m.schedule(request.steps, cfg.schedule_shift)
-        latent = m.initial_noise(request.seed, cfg)
+        sigmas = m.schedule(request.steps, cfg.schedule_shift).to(self.device)
+        latent = m.initial_noise(request.seed, cfg).to(self.device)  # from a CPU generator
         trajectory, probe, uncond_calls, v_uncond = [], None, 0, None
+        self._sync()
         encoded = time.perf_counter()
         for i in range(request.steps - 1):
             both = i % CFG_STRIDE == 0 or v_uncond is None
@@ -100,7 +102,8 @@ class ImageEngine:
             latent = latent + (sigmas[i + 1] - sigmas[i]) * v[None]
             trajectory.append(latent[0].mean(dim=(1, 2)).tolist())
             if i == request.probe_step:
-                probe = latent[0].numpy().copy()
+                probe = latent[0].cpu().numpy().copy()
+        self._sync()
         denoised = time.perf_counter()
         pixels = self._decode(latent)
         ended = time.perf_counter()
@@ -118,6 +121,11 @@ class ImageEngine:
                 "decode": (ended - denoised) * 1000,
             },
         )
+
+    def _sync(self) -> None:
+        """Wait for the device's queued work, so a stage's timing holds its own kernels."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
 
     def _count(self, rows: int, state) -> None:
         """One model call's work, in the counters (kept out of ``_velocity``, which stays a pure
@@ -161,7 +169,7 @@ class ImageEngine:
     def _decode(self, latent):
         """(1, C, h, w) fp32 latent -> (H, W, 3) uint8."""
         self.stats["vae_time_taps"] += 3
-        return self.model.decode_latent(latent.to(DTYPE)).numpy()
+        return self.model.decode_latent(latent.to(DTYPE)).cpu().numpy()
 
 
 def create_engine(spec: EngineSpec) -> ImageEngine:
