@@ -6,9 +6,10 @@ import datetime as dt
 import json
 import math
 import subprocess
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from pytest_vibeserve import __version__
 from pytest_vibeserve.checkers.result import to_jsonable
@@ -16,19 +17,69 @@ from pytest_vibeserve.metrics import RunMetrics, median
 from pytest_vibeserve.session import BASELINE, CANDIDATE, PerformanceRecord, VibeSession
 
 REPORT_VERSION = 1
-TABLE_COLUMNS = (
-    ("engine", 18),
-    ("tok/s", 8),
-    ("TTFT p50 ms", 12),
-    ("TTFT p99 ms", 12),
-    ("TPOT p50 ms", 12),
-    ("e2e p50 ms", 11),
-    ("e2e p99 ms", 11),
-    ("peak MiB", 9),
-    ("roofline %", 11),
-    ("tok/fwd", 8),
-    ("prefix hit", 11),
-    ("goodput r/s", 12),
+Row = dict[str, Any]  # one engine's medians in a record: an entry of ``table_rows``
+Cell = Callable[[Row], str]
+
+
+class Column(NamedTuple):
+    name: str
+    width: int  # characters, in a record's table (a summary gives all one width)
+    cell: Cell
+
+
+def _fixed(key: str, spec: str) -> Cell:
+    return lambda row: format(row[key], spec)
+
+
+def _optional(key: str, spec: str) -> Cell:
+    """``-`` where the row lacks the metric (absent, None or NaN)."""
+
+    def cell(row: Row) -> str:
+        value = row.get(key)
+        return "-" if value is None or math.isnan(value) else format(value, spec)
+
+    return cell
+
+
+def _stage(name: str) -> Cell:
+    """An engine-reported stage's ms an image (``-``: that engine does not report it)."""
+
+    def cell(row: Row) -> str:
+        stages = row.get("image_stages_ms") or {}
+        return f"{stages[name]:.1f}" if name in stages else "-"
+
+    return cell
+
+
+ENGINE_COLUMN = Column("engine", 18, lambda row: row["engine"])
+PEAK_COLUMN = Column("peak MiB", 9, _fixed("peak_rss_mib", ".0f"))
+ROOFLINE_COLUMN = Column("roofline %", 11, _optional("roofline_pct", ".0f"))
+GOODPUT_COLUMN = Column("goodput r/s", 12, _optional("goodput_req_per_s", ".2f"))
+TEXT_COLUMNS = (
+    Column("tok/s", 8, _fixed("output_tok_per_s", ".1f")),
+    Column("TTFT p50 ms", 12, _fixed("ttft_p50_ms", ".1f")),
+    Column("TTFT p99 ms", 12, _fixed("ttft_p99_ms", ".1f")),
+    Column("TPOT p50 ms", 12, _fixed("tpot_p50_ms", ".2f")),
+    Column("e2e p50 ms", 11, _fixed("e2e_p50_ms", ".0f")),
+    Column("e2e p99 ms", 11, _fixed("e2e_p99_ms", ".0f")),
+    PEAK_COLUMN,
+    ROOFLINE_COLUMN,
+    Column("tok/fwd", 8, _fixed("tokens_per_forward", ".2f")),
+    Column("prefix hit", 11, _optional("prefix_hit_fraction", ".0%")),
+    GOODPUT_COLUMN,
+)
+# images, which put out no tokens: request sent -> image arrived (s), in place of tok/s and TTFT
+IMAGE_P50_COLUMN = Column("image p50 s", 12, _optional("image_latency_s_p50", ".3f"))
+IMAGE_LATENCY_COLUMNS = (
+    IMAGE_P50_COLUMN,
+    Column("image p90 s", 12, _optional("image_latency_s_p90", ".3f")),
+    Column("image mean s", 13, _optional("image_latency_s_mean", ".3f")),
+)
+SUMMARY_LATENCIES = (
+    ("TTFT p50", "ttft_p50_ms"),
+    ("TTFT p99", "ttft_p99_ms"),
+    ("TPOT p50", "tpot_p50_ms"),
+    ("TPOT p99", "tpot_p99_ms"),
 )
 
 
@@ -66,7 +117,8 @@ def median_metrics(runs: list[RunMetrics]) -> dict[str, Any]:
     summary: dict[str, Any] = {}
     for key, first in dicts[0].items():
         if isinstance(first, dict):
-            names = {name for d in dicts for name in d[key]}
+            # in the order reported (a set's order changes with each process's string hashes)
+            names = dict.fromkeys(name for d in dicts for name in d[key])
             summary[key] = {n: median([d[key][n] for d in dicts if n in d[key]]) for n in names}
         else:
             summary[key] = median([d[key] for d in dicts])
@@ -94,6 +146,40 @@ def table_rows(record: PerformanceRecord) -> list[dict[str, Any]]:
             }
         )
     return rows
+
+
+def is_image(rows: list[Row]) -> bool:
+    """Rows of a text-to-image run: some engine's image latency was measured."""
+    return any(math.isfinite(row.get("image_latency_s_p50", math.nan)) for row in rows)
+
+
+def stage_columns(rows: list[Row]) -> list[Column]:
+    """One column of ms an image per stage any engine reports, in the order first reported."""
+    names = dict.fromkeys(name for row in rows for name in row.get("image_stages_ms") or {})
+    return [Column(f"{name} ms", max(10, len(name) + 5), _stage(name)) for name in names]
+
+
+def goodput_columns(rows: list[Row]) -> list[Column]:
+    """An image run's goodput column, where an SLO was given (a text run's is always shown)."""
+    measured = any(math.isfinite(row.get("goodput_req_per_s", math.nan)) for row in rows)
+    return [GOODPUT_COLUMN] if measured else []
+
+
+def table_columns(rows: list[Row]) -> list[Column]:
+    """A record's table: the token columns, or for an image run (no tokens out: tok/s, TTFT and
+    TPOT mean nothing there) its latencies and engine-reported stages instead."""
+    if not is_image(rows):
+        return [ENGINE_COLUMN, *TEXT_COLUMNS]
+    image = [*IMAGE_LATENCY_COLUMNS, *stage_columns(rows)]
+    return [ENGINE_COLUMN, *image, PEAK_COLUMN, ROOFLINE_COLUMN, *goodput_columns(rows)]
+
+
+def _aligned(cells: list[str], widths: list[int]) -> str:
+    """The first cell left-aligned, the others right-aligned, each padded to its width."""
+    return "".join(
+        cell.rjust(width) if i else cell.ljust(width)
+        for i, (cell, width) in enumerate(zip(cells, widths, strict=True))
+    )
 
 
 def correctness_section(session: VibeSession) -> dict[str, Any]:
@@ -202,10 +288,11 @@ def _image_ceiling_lines(record: PerformanceRecord) -> list[str]:
             continue
         stages = row.get("image_stages_ms") or {}
         staged = ", ".join(f"{k} {v:.0f}" for k, v in stages.items())
+        precision, ceiling_s = image.ceiling(row.get("weight_bits", math.nan))
         lines.append(
             f"image latency {row['engine']}: p50 {p50:.3f} s, p90 "
-            f"{row['image_latency_s_p90']:.3f} s = {image.fp32_s / p50:.1%} of the fp32 ceiling"
-            + (f"; engine-reported stages (ms): {staged}" if staged else "")
+            f"{row['image_latency_s_p90']:.3f} s = {ceiling_s / p50:.1%} of the {precision} "
+            "ceiling" + (f"; engine-reported stages (ms): {staged}" if staged else "")
         )
     return lines
 
@@ -272,33 +359,11 @@ def format_table(record: PerformanceRecord) -> list[str]:
             f" vs baseline {comparison.baseline:.4g} = {comparison.ratio:.3f}x ± "
             f"{comparison.noise:.1%} over {comparison.repeats} alternating repeats"
         )
-    lines = [head]
-    header = "".join(
-        name.rjust(width) if i else name.ljust(width)
-        for i, (name, width) in enumerate(TABLE_COLUMNS)
-    )
-    lines.append(header)
-    for row in table_rows(record):
-        values = [
-            row["engine"],
-            f"{row['output_tok_per_s']:.1f}",
-            f"{row['ttft_p50_ms']:.1f}",
-            f"{row['ttft_p99_ms']:.1f}",
-            f"{row['tpot_p50_ms']:.2f}",
-            f"{row['e2e_p50_ms']:.0f}",
-            f"{row['e2e_p99_ms']:.0f}",
-            f"{row['peak_rss_mib']:.0f}",
-            "-" if row["roofline_pct"] is None else f"{row['roofline_pct']:.0f}",
-            f"{row['tokens_per_forward']:.2f}",
-            "-" if math.isnan(row["prefix_hit_fraction"]) else f"{row['prefix_hit_fraction']:.0%}",
-            "-" if math.isnan(row["goodput_req_per_s"]) else f"{row['goodput_req_per_s']:.2f}",
-        ]
-        lines.append(
-            "".join(
-                value.rjust(width) if i else value.ljust(width)
-                for i, (value, (_, width)) in enumerate(zip(values, TABLE_COLUMNS, strict=True))
-            )
-        )
+    rows = table_rows(record)
+    columns = table_columns(rows)
+    widths = [c.width for c in columns]
+    lines = [head, _aligned([c.name for c in columns], widths)]
+    lines += [_aligned([c.cell(row) for c in columns], widths) for row in rows]
     if record.roofline is not None and record.roofline.image is not None:
         lines.extend(_image_ceiling_lines(record))
     elif record.roofline is not None:
@@ -312,7 +377,7 @@ def format_table(record: PerformanceRecord) -> list[str]:
     grammar = [
         f"{row['engine']} {row['forced_fraction']:.0%} forced"
         + ("" if math.isnan(mask) else f", {mask:.3f} ms mask/token")
-        for row in table_rows(record)
+        for row in rows
         if not math.isnan(row.get("forced_fraction", math.nan))
         for mask in [row.get("mask_ms_per_token", math.nan)]
     ]
@@ -321,7 +386,7 @@ def format_table(record: PerformanceRecord) -> list[str]:
         f"{row['chunk_latency_ms_p90']:.0f} / p99 {row['chunk_latency_ms_p99']:.0f} ms, "
         f"real-time factor {row['real_time_factor']:.2f}, {row['realtime_streams']:.2f} "
         "real-time streams"
-        for row in table_rows(record)
+        for row in rows
         if not math.isnan(row.get("chunk_latency_ms_p50", math.nan))
     ]
     if audio:  # audio streams: chunk sent -> its transcript arrived
@@ -343,17 +408,10 @@ def format_table(record: PerformanceRecord) -> list[str]:
     return lines
 
 
-SUMMARY_LATENCIES = (
-    ("TTFT p50", "ttft_p50_ms"),
-    ("TTFT p99", "ttft_p99_ms"),
-    ("TPOT p50", "tpot_p50_ms"),
-    ("TPOT p99", "tpot_p99_ms"),
-)
-
-
 def format_summary(records: list[PerformanceRecord]) -> list[str]:
     """One table of every engine across a scenario's measurements: each record's output tok/s
-    (by label), then the headline record's latencies (ms) and goodput, and the roofline % of the
+    (by label; an image record's p50 image latency), then the headline record's latencies (ms)
+    and goodput (an image headline: its image latencies and stages), and the roofline % of the
     first non-headline record (batch-1 speed against the memory-bandwidth limit). Empty for fewer
     than two records: the per-record table says it all."""
     if len(records) < 2:
@@ -364,28 +422,42 @@ def format_summary(records: list[PerformanceRecord]) -> list[str]:
     engines: list[str] = []
     for rows in by_record:
         engines += [name for name in rows if name not in engines]
-    columns = [f"{r.label} tok/s" for r in records]
-    columns += [name + " ms" for name, _ in SUMMARY_LATENCIES] + ["goodput r/s", "roofline %"]
-    width = max(12, *(len(c) + 2 for c in columns))
-    lines = [
-        "summary (medians; latencies and goodput under " + headline.label + ")",
-        "engine".ljust(18) + "".join(c.rjust(width) for c in columns),
-    ]
     head_rows = by_record[records.index(headline)]
     context_rows = by_record[records.index(context)] if context is not None else {}
+    per_record = [
+        Column(f"{r.label} p50 s", 0, IMAGE_P50_COLUMN.cell)
+        if is_image(list(rows.values()))
+        else Column(f"{r.label} tok/s", 0, _fixed("output_tok_per_s", ".1f"))
+        for r, rows in zip(records, by_record, strict=True)
+    ]
+    latencies = summary_latencies(list(head_rows.values()))
+    columns = [c.name for c in (*per_record, *latencies)] + ["roofline %"]
+    width = max(12, *(len(c) + 2 for c in columns))
+    what = "image latencies" if is_image(list(head_rows.values())) else "latencies and goodput"
+    lines = [
+        f"summary (medians; {what} under {headline.label})",
+        "engine".ljust(18) + "".join(c.rjust(width) for c in columns),
+    ]
     for engine in engines:
         cells = [
-            f"{rows[engine]['output_tok_per_s']:.1f}" if engine in rows else "-"
-            for rows in by_record
+            column.cell(rows[engine]) if engine in rows else "-"
+            for column, rows in zip(per_record, by_record, strict=True)
         ]
         row = head_rows.get(engine)
-        for _, key in SUMMARY_LATENCIES:
-            cells.append("-" if row is None else f"{row[key]:.1f}")
-        goodput = math.nan if row is None else row["goodput_req_per_s"]
-        cells.append("-" if math.isnan(goodput) else f"{goodput:.2f}")
+        cells += ["-" if row is None else column.cell(row) for column in latencies]
         roof = context_rows.get(engine, {}).get("roofline_pct")
         cells.append("-" if roof is None else f"{roof:.0f}")
         lines.append(engine.ljust(18) + "".join(c.rjust(width) for c in cells))
     skipped = {p: why for r in records for p, why in r.peers_skipped.items()}
     lines += [f"peer {peer} skipped: {why}" for peer, why in skipped.items()]
     return lines
+
+
+def summary_latencies(rows: list[Row]) -> list[Column]:
+    """The headline's columns in a summary: TTFT/TPOT (ms) and goodput, or an image run's p90
+    and mean latency (s; each record has its p50 column), stages (ms) and goodput if measured."""
+    if not is_image(rows):
+        ms = [Column(name + " ms", 0, _fixed(key, ".1f")) for name, key in SUMMARY_LATENCIES]
+        return [*ms, GOODPUT_COLUMN]
+    latencies = [c._replace(name=c.name.removeprefix("image ")) for c in IMAGE_LATENCY_COLUMNS]
+    return [*latencies[1:], *stage_columns(rows), *goodput_columns(rows)]

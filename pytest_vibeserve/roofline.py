@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
@@ -50,6 +51,14 @@ class ImageCeiling:
     fp32_s: float
     bf16_s: float  # NaN where bf16 matmul was not measured
 
+    def ceiling(self, weight_bits: float) -> tuple[str, float]:
+        """The precision an engine computes in (its reported weight bits: 16 is bf16, anything
+        else or unreported fp32) and the ceiling at that precision's peak; an engine in bf16
+        on a machine whose bf16 peak was not measured is held to the fp32 one."""
+        if weight_bits == 16 and not math.isnan(self.bf16_s):
+            return "bf16", self.bf16_s
+        return "fp32", self.fp32_s
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "minimal_gflop": sum(self.minimal_flops.values()) / 1e9,
@@ -71,9 +80,11 @@ class Roofline:
 
     def efficiency_pct(self, summary: dict[str, float] | float) -> float:
         """How close a run's metrics (or a tok/s figure) come to the ceiling, in percent: tok/s
-        over the batch-1 roofline, or for images the fp32 ceiling over the p50 image latency."""
+        over the batch-1 roofline, or for images the ceiling at the engine's own precision (fp32,
+        or bf16 for 16-bit weights) over the p50 image latency."""
         if self.image is not None and isinstance(summary, dict):
-            return 100.0 * self.image.fp32_s / summary["image_latency_s_p50"]
+            _, ceiling_s = self.image.ceiling(summary.get("weight_bits", math.nan))
+            return 100.0 * ceiling_s / summary["image_latency_s_p50"]
         tok_per_s = summary["output_tok_per_s"] if isinstance(summary, dict) else summary
         return 100.0 * tok_per_s / self.roofline_tok_per_s
 

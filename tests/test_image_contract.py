@@ -343,6 +343,15 @@ def test_the_image_ceiling_is_the_minimal_flops_at_peak():
     )
     assert with_bf16.image.bf16_s == pytest.approx(0.25)
     assert with_bf16.image.reference_flops == {}
+    # each engine against the ceiling of the precision it computes in (its weight bits)
+    assert with_bf16.image.ceiling(32.0) == ("fp32", pytest.approx(1.0))
+    assert with_bf16.image.ceiling(16.0) == ("bf16", pytest.approx(0.25))
+    assert with_bf16.image.ceiling(math.nan) == ("fp32", pytest.approx(1.0))  # not reported
+    bf16_run = {"image_latency_s_p50": 0.5, "weight_bits": 16.0}
+    assert with_bf16.efficiency_pct(bf16_run) == pytest.approx(50.0)
+    assert with_bf16.efficiency_pct({**bf16_run, "weight_bits": 32.0}) == pytest.approx(200.0)
+    # no bf16 peak measured: a bf16 engine is held to the fp32 ceiling, as before
+    assert roof.image.ceiling(16.0) == ("fp32", pytest.approx(1.0))
 
 
 def test_a_text_roofline_keeps_measuring_tokens_per_second():

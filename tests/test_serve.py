@@ -10,7 +10,6 @@ import asyncio
 import http.client
 import itertools
 import json
-import queue
 import signal
 import subprocess
 import sys
@@ -26,7 +25,7 @@ from hypothesis import strategies as st
 
 from pytest_vibeserve.cli import main
 from pytest_vibeserve.contract import EngineSpec, Event, Request
-from pytest_vibeserve.runner import EngineFailure, Limits
+from pytest_vibeserve.runner import EngineFailure
 from pytest_vibeserve.serve import (
     ApiError,
     EngineDriver,
@@ -39,6 +38,7 @@ from pytest_vibeserve.serve import (
 from reference_impls.greedy import ReferenceOutput, greedy_decode, load_model
 from reference_impls.models import materialize
 from reference_impls.tiny import BOS_ID, EOS_ID
+from tests.scripted_process import ScriptedProcess, stepping_clock
 
 ROOT = Path(__file__).resolve().parent.parent
 STARTER = ROOT / "scenarios/standard/starter"  # greedy, lists "logprobs"
@@ -354,39 +354,11 @@ def test_a_client_that_leaves_mid_stream_does_not_disturb_the_next(server: str, 
 # -- the driver alone, with a scripted process and clock ---------------------------------------
 
 
-class ScriptedProcess:
-    """Stands in for a started ``EngineProcess``: ``script`` maps a request to its events."""
-
-    def __init__(self, script: Callable[[Request], list[Event]]) -> None:
-        self.script = script
-        self.name = "scripted"
-        self.limits = Limits(step_timeout_s=1.0)
-        self.closed = False
-        self._events: queue.SimpleQueue[Event] = queue.SimpleQueue()
-
-    def submit(self, request: Request) -> None:
-        for event in self.script(request):
-            self._events.put(event)
-
-    def poll(self, timeout: float) -> list[Event]:
-        events = []
-        while not self._events.empty():
-            events.append(self._events.get())
-        if not events:
-            time.sleep(timeout)
-        return events
-
-    def close(self) -> None:
-        self.closed = True
-
-    def log_tail(self) -> str:
-        return "scripted log"
-
-
-def drive(script: Callable[[Request], list[Event]], *requests: Request) -> tuple[list, Any]:
+def drive(
+    script: Callable[[Request], list[Event]], *requests: Request
+) -> tuple[list, ScriptedProcess]:
     """Each request's events through an ``EngineDriver``, or the ``EngineFailure`` it got."""
     process = ScriptedProcess(script)
-    ticks = itertools.count(step=0.25)  # every look at the clock is a quarter second later
 
     async def collect(driver: EngineDriver, request: Request) -> list[Event] | EngineFailure:
         try:
@@ -395,7 +367,7 @@ def drive(script: Callable[[Request], list[Event]], *requests: Request) -> tuple
             return failure
 
     async def run_all() -> list[Any]:
-        with EngineDriver(process, clock=lambda: next(ticks)) as driver:
+        with EngineDriver(process, clock=stepping_clock()) as driver:
             return [await collect(driver, request) for request in requests]
 
     return asyncio.run(run_all()), process

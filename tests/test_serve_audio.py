@@ -15,9 +15,7 @@ import http.client
 import io
 import itertools
 import json
-import queue
 import threading
-import time
 import wave
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -38,6 +36,7 @@ from pytest_vibeserve.serve import EngineDriver, parse_multipart, serve_in_threa
 from pytest_vibeserve.workload import AudioStream
 from pytest_vibeserve.workloads.speech import speech_stream
 from reference_impls.models import materialize
+from tests.scripted_process import ScriptedProcess, stepping_clock
 
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIO = ROOT / "scenarios/streaming_asr"
@@ -610,37 +609,6 @@ def test_endpoint_run_streams_says_how_to_reach_a_server() -> None:
 # -- the driver's audio routing alone, scripted --------------------------------------------------
 
 
-class ScriptedAudio:
-    """Stands in for a started ``EngineProcess``: ``script`` maps a chunk to its events."""
-
-    def __init__(self, script: Callable[[AudioChunk], list[Event]]) -> None:
-        self.script = script
-        self.name = "scripted"
-        self.limits = Limits(step_timeout_s=1.0)
-        self.closed = False
-        self.chunks: list[AudioChunk] = []
-        self._events: queue.SimpleQueue[Event] = queue.SimpleQueue()
-
-    def submit_audio(self, chunk: AudioChunk) -> None:
-        self.chunks.append(chunk)
-        for event in self.script(chunk):
-            self._events.put(event)
-
-    def poll(self, timeout: float) -> list[Event]:
-        events = []
-        while not self._events.empty():
-            events.append(self._events.get())
-        if not events:
-            time.sleep(timeout)
-        return events
-
-    def close(self) -> None:
-        self.closed = True
-
-    def log_tail(self) -> str:
-        return "scripted log"
-
-
 def answer(chunk: AudioChunk) -> list[Event]:
     return [transcript_event(chunk.stream_id, chunk.index, [chunk.index], chunk.final)]
 
@@ -649,8 +617,7 @@ def drive_streams(script, count: int, *, leave_after: int | None = None):
     """Two streams of ``count`` chunks each through an ``EngineDriver``: each one's events, or
     the ``EngineFailure`` it got; with ``leave_after``, stream "a" is abandoned after that many
     events instead of read to its end."""
-    process = ScriptedAudio(script)
-    ticks = itertools.count(step=0.25)
+    process = ScriptedProcess(script)
 
     async def collect(driver: EngineDriver, sid: str) -> list[Event] | EngineFailure:
         session = driver.open_stream(sid)
@@ -669,7 +636,7 @@ def drive_streams(script, count: int, *, leave_after: int | None = None):
         return events
 
     async def run_all() -> tuple[list[Any], int]:
-        with EngineDriver(process, clock=lambda: next(ticks)) as driver:
+        with EngineDriver(process, clock=stepping_clock()) as driver:
             results = await asyncio.gather(collect(driver, "a"), collect(driver, "b"))
             await asyncio.sleep(0.05)
             return results, len(driver._streams)
@@ -692,7 +659,7 @@ def test_the_driver_hands_each_stream_its_events_in_order() -> None:
 def test_an_abandoned_stream_is_closed_with_an_empty_final_chunk() -> None:
     first, _, process, still_open = drive_streams(answer, 2, leave_after=1)
     assert [e.token_ids for e in first] == [[0]]
-    last = [c for c in process.chunks if c.stream_id == "a"][-1]
+    last = [c for c in process.submitted if c.stream_id == "a"][-1]
     assert (last.index, last.pcm16, last.final) == (2, b"", True)
     assert still_open == 0  # its final event was drained, and dropped
 

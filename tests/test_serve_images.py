@@ -43,6 +43,7 @@ from pytest_vibeserve.endpoint import EndpointEngine
 from pytest_vibeserve.runner import EngineFailure, EngineProcess, Limits, RequestRecord
 from pytest_vibeserve.serve import EngineDriver, ServedModel, serve_in_thread
 from reference_impls.models import materialize
+from tests.scripted_process import ScriptedProcess, stepping_clock
 
 ROOT = Path(__file__).resolve().parent.parent
 FAKE = ROOT / "tests/engines/image_fake"
@@ -514,35 +515,6 @@ def test_endpoint_run_fails_a_wrong_image_reply_with_its_reason(edit, status, ma
 # -- the driver's image routing alone, scripted --------------------------------------------------
 
 
-class ScriptedImages:
-    """Stands in for a started ``EngineProcess``: ``script`` maps a request to its events."""
-
-    def __init__(self, script: Callable[[ImageRequest], list[Event]]) -> None:
-        self.script = script
-        self.name = "scripted"
-        self.limits = Limits(step_timeout_s=1.0)
-        self.closed = False
-        self._events: queue.SimpleQueue[Event] = queue.SimpleQueue()
-
-    def submit(self, request: ImageRequest) -> None:
-        for event in self.script(request):
-            self._events.put(event)
-
-    def poll(self, timeout: float) -> list[Event]:
-        events = []
-        while not self._events.empty():
-            events.append(self._events.get())
-        if not events:
-            time.sleep(timeout)
-        return events
-
-    def close(self) -> None:
-        self.closed = True
-
-    def log_tail(self) -> str:
-        return "scripted log"
-
-
 def tiny_image(request: ImageRequest) -> list[Event]:
     pixels = np.full((2, 2, 3), len(request.request_id), dtype=np.uint8)
     probe = np.zeros((16, 1, 1), dtype=np.float32)
@@ -552,10 +524,9 @@ def tiny_image(request: ImageRequest) -> list[Event]:
     return [event]
 
 
-def drive_images(script, *requests: ImageRequest) -> tuple[list[Any], ScriptedImages]:
+def drive_images(script, *requests: ImageRequest) -> tuple[list[Any], ScriptedProcess]:
     """Each request's event through an ``EngineDriver``, or the ``EngineFailure`` it got."""
-    process = ScriptedImages(script)
-    ticks = itertools.count(step=0.25)
+    process = ScriptedProcess(script)
 
     async def collect(driver: EngineDriver, request: ImageRequest) -> Event | EngineFailure:
         try:
@@ -564,7 +535,7 @@ def drive_images(script, *requests: ImageRequest) -> tuple[list[Any], ScriptedIm
             return failure
 
     async def run_all() -> list[Any]:
-        with EngineDriver(process, clock=lambda: next(ticks)) as driver:
+        with EngineDriver(process, clock=stepping_clock()) as driver:
             return list(await asyncio.gather(*(collect(driver, r) for r in requests)))
 
     return asyncio.run(run_all()), process
