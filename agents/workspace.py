@@ -48,6 +48,9 @@ PROGRESS = "progress.md"
 MEMORY = "memory.md"
 META = "workspace.json"
 LOCK = "vibeserve.lock"  # inside .git/, so it is never committed
+# a killed loop's children (git, engine workers, pytest runs) can hold a copy of its lock for a
+# moment after it died (forked but not yet exec'd, or still dying): wait this long for them
+STALE_LOCK_GRACE_S = 10.0
 BRANCH = "main"
 ROLES = ("planner", "implementer", "judge", "evaluator", "loop")
 VERDICTS = ("accepted", "rejected", "failed")
@@ -243,22 +246,25 @@ class _Lock:
         self._fd: int | None = fd
 
     @classmethod
-    def acquire(cls, path: Path, now: str) -> _Lock:
+    def acquire(cls, path: Path, now: str, grace_s: float | None = None) -> _Lock:
+        """The lock, or WorkspaceLockedError naming its holder. When the recorded holder is a
+        process of this host that has exited, whatever still holds the lock is a child it left
+        (dying, or forked and not yet exec'd): wait up to ``grace_s`` for it to let go."""
+        grace_s = STALE_LOCK_GRACE_S if grace_s is None else grace_s
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            holder = os.read(fd, 4096).decode("utf-8", "replace")
-            os.close(fd)
+        deadline = time.monotonic() + grace_s
+        while True:
             try:
-                info = json.loads(holder)
-                who = f"pid {info['pid']} on {info['host']} (since {info['since']})"
-            except (ValueError, KeyError, TypeError):
-                who = "another process (pid unknown)"
-            raise WorkspaceLockedError(
-                f"workspace {path.parent.parent} is in use by {who}: two loops must never write "
-                f"one workspace; wait for it to finish or stop it, or use another directory"
-            ) from None
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError:
+                info = _holder(fd)
+                gone = _exited_here(info)
+                if gone and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                    continue
+                os.close(fd)
+                raise WorkspaceLockedError(_locked_message(path, info, gone, grace_s)) from None
         os.ftruncate(fd, 0)
         holder = {"pid": os.getpid(), "host": socket.gethostname(), "since": now}
         os.write(fd, json.dumps(holder).encode())
@@ -273,6 +279,48 @@ class _Lock:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
+
+
+def _holder(fd: int) -> dict[str, Any] | None:
+    """What the lock's holder wrote of itself (pid, host, since), or None if unreadable."""
+    try:
+        info = json.loads(os.pread(fd, 4096, 0).decode("utf-8", "replace"))
+    except ValueError:
+        return None
+    if not isinstance(info, dict) or not {"pid", "host", "since"} <= info.keys():
+        return None
+    return info
+
+
+def _exited_here(info: dict[str, Any] | None) -> bool:
+    """Whether the recorded holder is a process of this host that no longer runs."""
+    if info is None or info["host"] != socket.gethostname() or not isinstance(info["pid"], int):
+        return False
+    try:
+        os.kill(info["pid"], 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
+
+
+def _locked_message(path: Path, info: dict[str, Any] | None, gone: bool, grace_s: float) -> str:
+    workspace = path.parent.parent
+    if info is None:
+        who = "another process (pid unknown)"
+    else:
+        who = f"pid {info['pid']} on {info['host']} (since {info['since']})"
+    if gone:
+        return (
+            f"workspace {workspace} is locked: its holder {who} has exited, but a process it "
+            f"started still holds the lock after {grace_s:g} s (see `fuser {path}`); stop "
+            "that process, then run again"
+        )
+    return (
+        f"workspace {workspace} is in use by {who}: two loops must never write one workspace; "
+        "wait for it to finish or stop it, or use another directory"
+    )
 
 
 # -- the workspace ---------------------------------------------------------------------------

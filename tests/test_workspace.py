@@ -12,9 +12,11 @@ import json
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from dataclasses import fields
 from datetime import UTC, datetime, timedelta
@@ -27,6 +29,7 @@ from agents.workspace import (
     RESUME_MESSAGE,
     ROLES,
     SEED_MESSAGE,
+    STALE_LOCK_GRACE_S,
     RoundRecord,
     TornRoundWarning,
     Workspace,
@@ -568,6 +571,74 @@ def test_the_lock_names_a_holder_in_another_process(ws):
         holder.kill()
         holder.wait()
     Workspace.open(ws.root).close()  # the kernel dropped the dead holder's lock
+
+
+def hold_lock_as(ws_root: Path, recorded_pid: int) -> subprocess.Popen:
+    """A process that takes the workspace lock and records ``recorded_pid`` as its holder, as
+    a loop's child holds the lock it inherited (the loop wrote itself there, then died)."""
+    lock = ws_root / ".git" / "vibeserve.lock"
+    holder = {"pid": recorded_pid, "host": socket.gethostname(), "since": "then"}
+    code = (
+        "import fcntl, json, os, sys\n"
+        f"fd = os.open({str(lock)!r}, os.O_RDWR | os.O_CREAT)\n"
+        "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+        "os.ftruncate(fd, 0)\n"
+        f"os.write(fd, json.dumps({holder!r}).encode())\n"
+        "print('held', flush=True)\n"
+        "sys.stdin.readline()\n"
+    )
+    child = subprocess.Popen(
+        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    assert child.stdout.readline().strip() == "held"
+    return child
+
+
+def exited_pid() -> int:
+    """The pid of a process that has exited (and been reaped)."""
+    done = subprocess.Popen([sys.executable, "-c", "pass"])
+    done.wait()
+    return done.pid
+
+
+def test_a_lock_left_with_a_dead_loops_child_is_waited_for(ws):
+    """kill -9 of a loop can leave a child (forked, not yet exec'd, or still dying) holding its
+    lock for a moment: the next opener waits for it instead of refusing the workspace."""
+    ws.close()
+    child = hold_lock_as(ws.root, exited_pid())
+    threading.Timer(0.5, child.stdin.close).start()  # EOF: its readline returns, it exits
+    started = time.monotonic()
+    with Workspace.open(ws.root):
+        pass
+    assert 0.4 < time.monotonic() - started < STALE_LOCK_GRACE_S
+    child.wait(timeout=10)
+
+
+def test_a_dead_loops_child_that_keeps_the_lock_is_named(ws, monkeypatch):
+    ws.close()
+    monkeypatch.setattr("agents.workspace.STALE_LOCK_GRACE_S", 0.3)
+    dead = exited_pid()
+    child = hold_lock_as(ws.root, dead)
+    try:
+        with pytest.raises(
+            WorkspaceLockedError,
+            match=rf"its holder pid {dead} on .* has exited, but a process it started still "
+            r"holds the lock after 0.3 s \(see `fuser .*vibeserve.lock`\)",
+        ):
+            Workspace.open(ws.root)
+    finally:
+        child.kill()
+        child.wait()
+    # a live holder is refused at once, without the grace
+    live = hold_lock_as(ws.root, os.getpid())
+    try:
+        started = time.monotonic()
+        with pytest.raises(WorkspaceLockedError, match=f"in use by pid {os.getpid()} "):
+            Workspace.open(ws.root)
+        assert time.monotonic() - started < 0.3
+    finally:
+        live.kill()
+        live.wait()
 
 
 def load_guard():
