@@ -3,8 +3,6 @@ image at a time, the original Show-o2 data flow in fp32 (the unified_multimodal 
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 import time
 from collections import deque
 from pathlib import Path
@@ -12,21 +10,13 @@ from pathlib import Path
 import torch
 
 from pytest_vibeserve.contract import EngineSpec, Event, ImageRequest, image_event
-
-
-def _modeling(model_dir: Path):
-    path = model_dir / "modeling_showo2.py"
-    spec = importlib.util.spec_from_file_location("modeling_showo2", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+from reference_impls.showo2 import load_modeling
 
 
 class ReferenceImageEngine:
     def __init__(self, spec: EngineSpec) -> None:
         torch.set_num_threads(spec.threads)
-        self.modeling = _modeling(Path(spec.model_path))
+        self.modeling = load_modeling(Path(spec.model_path))
         self.model = self.modeling.load(spec.model_path, spec.device)
         self.waiting: deque[ImageRequest] = deque()
         self.forwards = 0
